@@ -1,0 +1,53 @@
+# onnxprune — the two commands on a fresh machine:  make demo  |  make test
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-core
+MODELS_STAMP := $(VENV)/.installed-models
+DEMO_OUT := .cache/demo
+
+.PHONY: install install-models test demo models lint format bench bench-models clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test,plot]"
+	touch $@
+
+install: $(STAMP)  ## local .venv with onnxprune and its test dependencies
+
+$(MODELS_STAMP): $(STAMP)
+	# torch pinned: an unpinned torch pulls GBs of CUDA packages
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[models]"
+	touch $@
+
+install-models: $(MODELS_STAMP)  ## + torch (CPU), scikit-learn, skl2onnx: to rebuild models
+
+test: install  ## run the test suite
+	$(BIN)/python -m pytest tests
+
+demo: install  ## prune the shipped transformer to a 2x measured speedup
+	@mkdir -p $(DEMO_OUT)
+	$(BIN)/onnxprune inspect models/digits_transformer.onnx --shape input=256x8x8
+	$(BIN)/onnxprune models/digits_transformer.onnx $(DEMO_OUT)/digits_transformer_2x.onnx \
+		--speedup 2 --calib calibration/digits_transformer --shape input=256x8x8 --threads 2 \
+		--json $(DEMO_OUT)/report.json
+
+models: install-models  ## retrain and re-export the shipped test models and calibration sets
+	$(BIN)/python models/train_digits.py
+
+lint: install  ## ruff
+	$(BIN)/ruff check onnxprune tests models benchmarks
+
+format: install
+	$(BIN)/ruff format onnxprune tests models benchmarks
+
+bench: install  ## speed and accuracy tables on the shipped models
+	$(BIN)/python benchmarks/layout_speed.py
+
+bench-models: install-models  ## build the real benchmark models into .cache/bench
+	$(BIN)/python models/build_benchmarks.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""``python -m onnxprune`` runs the command line."""
+
+from onnxprune.cli import main
+
+main()

@@ -1,0 +1,230 @@
+"""Command line: flags -> config -> library call -> printed summary. No pruning logic lives here.
+
+Exit codes: 0 done; 1 internal error; 2 bad usage or bad input (one line, never a traceback);
+3 speed target not reachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from onnxprune.errors import OnnxPruneError, UserError
+
+logger = logging.getLogger("onnxprune")
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+out_console = Console(highlight=False)
+
+SUBCOMMANDS = ("prune", "inspect", "profile", "bench")
+
+
+class _DefaultToPrune(click.Group):
+    """``onnxprune IN OUT --speedup 3`` is ``onnxprune prune IN OUT --speedup 3``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["prune", *args]
+        return super().parse_args(ctx, args)
+
+
+def _common_options(func: Callable) -> Callable:
+    """--shape/--provider/--threads/--json, shared by every subcommand that runs a model."""
+    func = click.option("--json", "json_path", metavar="FILE",
+                        help="Also write the report as JSON to FILE ('-' for stdout).")(func)
+    func = click.option("--threads", type=int, default=None, metavar="N",
+                        help="Intra-op threads for ONNX Runtime (default: ORT's choice). Time "
+                             "with the thread count you deploy with.")(func)
+    func = click.option("--provider", default="cpu", show_default=True, metavar="EP",
+                        help="Execution provider: cpu, cuda, tensorrt or a full ORT name.")(func)
+    func = click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS",
+                        help="Deployment shape of an input, e.g. input_ids=8x128 (repeatable). "
+                             "Unset dynamic dims default to 1.")(func)
+    return func
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("onnxprune: %(message)s"))
+    root = logging.getLogger("onnxprune")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+@click.group(cls=_DefaultToPrune, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnxprune")
+def cli() -> None:
+    """Prune an ONNX model to a measured speedup on your ONNX Runtime execution provider.
+
+    \b
+    Main job (also `onnxprune prune IN OUT ...`):
+      onnxprune in.onnx out.onnx --speedup 3 --calib calib/ --shape input=8x64
+    \b
+    Other commands:
+      onnxprune inspect MODEL        which nodes can be pruned, and why others cannot
+      onnxprune profile MODEL        per-node timing and the reachable speedup
+      onnxprune bench A.onnx B.onnx  the measured speedup of B over A
+
+    Exit codes: 0 done, 1 internal error, 2 bad usage or input, 3 target not reachable.
+    """
+
+
+def _load(model_path: str):
+    from onnxprune.graph.candidates import ensure_node_names
+    from onnxprune.graph.load import load_model
+
+    return ensure_node_names(load_model(model_path))
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL")
+@_common_options
+def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: int | None,
+            json_path: str | None) -> None:
+    """List the prunable nodes of MODEL (by MACs) and every skipped node with its reason."""
+    from onnxprune.graph.candidates import find_candidates
+    from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs
+    from onnxprune.report.inspect import analysis_to_json, render_inspect
+    from onnxprune.report.jsonio import write_json
+
+    requested = parse_shape_specs(shapes)
+    model = _load(model_path)
+    analysis = find_candidates(model, bind_input_shapes(model, requested))
+    report = analysis_to_json(analysis, model_path)
+    if json_path != "-":
+        render_inspect(out_console, report)
+    if json_path:
+        write_json(report, json_path)
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL")
+@_common_options
+@click.option("--layouts", default="", metavar="L1,L2",
+              help="Layouts considered for the bound (default: those fast on the provider).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Latency-table cache folder (default: the user cache folder).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: int | None,
+            json_path: str | None, layouts: str, cache_dir: Path | None, quiet: bool) -> None:
+    """Time every prunable node of MODEL and its layout options on the provider.
+
+    Prints per node the dense time, its share of the total, the fastest option, the predicted vs
+    measured whole-model time and the maximum reachable speedup (Amdahl bound).
+    """
+    from onnxprune.commands import run_profile
+
+    _setup_logging(0, quiet)
+    run_profile(model_path, shapes=shapes, provider=provider, threads=threads,
+                json_path=json_path, layouts=layouts, cache_dir=cache_dir, quiet=quiet,
+                console=out_console, load=_load)
+
+
+@cli.command()
+@click.argument("model_a", metavar="A.onnx")
+@click.argument("model_b", metavar="B.onnx")
+@_common_options
+@click.option("--seconds", type=float, default=10.0, show_default=True,
+              help="Time budget for the interleaved runs.")
+def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
+          threads: int | None, json_path: str | None, seconds: float) -> None:
+    """Measure how much faster B runs than A: interleaved A/B runs, median of pair ratios."""
+    from onnxprune.commands import run_bench
+
+    run_bench(model_a, model_b, shapes=shapes, provider=provider, threads=threads,
+              json_path=json_path, seconds=seconds, console=out_console, load=_load)
+
+
+@cli.command()
+@click.argument("input_path", metavar="IN")
+@click.argument("output_path", metavar="OUT")
+@click.option("--speedup", type=float, default=None, metavar="S",
+              help="Target end-to-end speedup on the provider, measured (e.g. 3).")
+@click.option("--sparsity", type=float, default=None, metavar="X",
+              help="Instead of a target: remove fraction X of every node's weights "
+                   "(with --layouts).")
+@click.option("--nm", default=None, metavar="N:M",
+              help="Instead of a target: apply an N:M pattern to every node, e.g. 2:4 for "
+                   "TensorRT sparsity.")
+@click.option("--layouts", default="", metavar="L1,L2",
+              help="Layouts allowed: dense, block, channel, nm, unstructured "
+                   "(default: those that are fast on the provider).")
+@click.option("--calib", "calib_dir", type=click.Path(path_type=Path), default=None,
+              help="Calibration data folder: .npz batches keyed by input name, or one .npy "
+                   "per input.")
+@click.option("--calib-reader", default=None, metavar="MODULE:CALLABLE",
+              help="An ONNX Runtime CalibrationDataReader factory, e.g. mypkg.data:make_reader.")
+@click.option("--calib-samples", type=int, default=512, show_default=True,
+              help="Cap on calibration samples used.")
+@_common_options
+@click.option("--exclude", default=None, metavar="REGEX", help="Never prune nodes matching REGEX.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random choices.")
+@click.option("--search-budget", type=float, default=30.0, show_default=True, metavar="SECONDS",
+              help="Time for SPDY's per-layer sensitivity search (0: plain DP).")
+@click.option("--dry-run", is_flag=True, help="Plan and predict the speedup; write nothing.")
+@click.option("--best-effort", is_flag=True,
+              help="If the target is missed, still write the fastest model found.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Latency-table cache folder (default: the user cache folder).")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors and the final summary.")
+@click.option("--verbose", "-v", count=True, help="More detail (-vv for debug).")
+def prune(input_path: str, output_path: str, speedup: float | None, sparsity: float | None,
+          nm: str | None, layouts: str, calib_dir: Path | None, calib_reader: str | None,
+          calib_samples: int, shapes: tuple[str, ...], provider: str, threads: int | None,
+          json_path: str | None, exclude: str | None, seed: int, search_budget: float,
+          dry_run: bool, best_effort: bool, cache_dir: Path | None, quiet: bool,
+          verbose: int) -> int:
+    """Prune IN to run --speedup S times faster on the provider and write OUT.
+
+    The speedup is measured, not estimated: OUT is written only once it has been timed against IN
+    (interleaved runs, median of ratios). Without calibration data a data-free proxy decides which
+    weights go, and accuracy will suffer: pass --calib.
+    """
+    from onnxprune.commands import run_prune
+
+    _setup_logging(verbose, quiet)
+    return run_prune(
+        input_path, output_path, speedup=speedup, sparsity=sparsity, nm=nm, layouts=layouts,
+        calib_dir=calib_dir, calib_reader=calib_reader, calib_samples=calib_samples,
+        shapes=shapes, provider=provider, threads=threads, json_path=json_path, exclude=exclude,
+        seed=seed, search_budget=search_budget, dry_run=dry_run, best_effort=best_effort,
+        cache_dir=cache_dir, quiet=quiet, console=out_console,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: maps errors to one-line messages and exit codes."""
+    debug = bool(os.environ.get("ONNXPRUNE_DEBUG"))
+    try:
+        rv = cli.main(args=argv, prog_name="onnxprune", standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("onnxprune: aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except OnnxPruneError as exc:
+        err_console.print(f"onnxprune: error: {exc}", markup=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("onnxprune: interrupted")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place internal errors become exit code 1
+        if debug:
+            raise
+        err_console.print(
+            f"onnxprune: internal error: {type(exc).__name__}: {exc} "
+            "(set ONNXPRUNE_DEBUG=1 for the traceback, and please report it)", markup=False,
+        )
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+__all__ = ["cli", "main", "UserError"]

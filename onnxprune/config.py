@@ -1,0 +1,94 @@
+"""One typed, frozen configuration for a pruning run.
+
+The CLI builds it from flags and the Python API takes it directly, so defaults are stated exactly
+once (here) and a misspelt option is an error instead of a silently ignored dict key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onnxprune.errors import UserError
+from onnxprune.layouts.base import DEFAULT_LEVELS
+
+DEFAULT_PROVIDER = "cpu"
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Everything that decides what a pruning run does.
+
+    Attributes:
+        speedup: target end-to-end speedup (measured), e.g. 3.0; None for a uniform-level run.
+        sparsity: uniform fraction of weights removed in every node (with ``layouts``), instead of
+            a speedup target.
+        nm: an N:M pattern applied to every node, e.g. (2, 4).
+        layouts: layouts the allocator may use; empty means "the layouts fast on the provider".
+        levels: the levels (fractions removed) the layouts offer.
+        provider: execution provider (short or full ORT name).
+        threads: intra-op threads used for timing and verification (None: ORT's default).
+        shapes: deployment input shapes by input name.
+        calib_dir: calibration folder (.npz batches or .npy per input); None = data-free proxy.
+        calib_reader: ``module:callable`` returning an ORT ``CalibrationDataReader``.
+        calib_samples: cap on calibration samples read.
+        exclude: regex of node names never pruned.
+        seed: seed of every random choice.
+        dry_run: plan and predict, write nothing.
+        best_effort: when the target is missed, still write the fastest model found.
+        search_budget: seconds for SPDY's coefficient search (0 disables it).
+        verify_rounds: how many times to tighten the budget after a measured miss.
+        cache_dir: latency-table cache (None: the user cache folder).
+        sequential: feed already-pruned activations forward when collecting statistics.
+    """
+
+    speedup: float | None = None
+    sparsity: float | None = None
+    nm: tuple[int, int] | None = None
+    layouts: tuple[str, ...] = ()
+    levels: tuple[float, ...] = DEFAULT_LEVELS
+    provider: str = DEFAULT_PROVIDER
+    threads: int | None = None
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    calib_dir: Path | None = None
+    calib_reader: str | None = None
+    calib_samples: int = 512
+    exclude: str | None = None
+    seed: int = 0
+    dry_run: bool = False
+    best_effort: bool = False
+    search_budget: float = 30.0
+    verify_rounds: int = 3
+    cache_dir: Path | None = None
+    sequential: bool = True
+
+    def __post_init__(self) -> None:
+        modes = sum(x is not None for x in (self.speedup, self.sparsity, self.nm))
+        if modes != 1:
+            raise UserError("give exactly one of --speedup, --sparsity or --nm")
+        if self.speedup is not None and not self.speedup > 1.0:
+            raise UserError(f"--speedup must be greater than 1 (got {self.speedup})")
+        if self.sparsity is not None and not 0.0 < self.sparsity < 1.0:
+            raise UserError(f"--sparsity must be between 0 and 1 (got {self.sparsity})")
+        if self.nm is not None and not 0 < self.nm[0] < self.nm[1]:
+            raise UserError(f"--nm needs 0 < N < M (got {self.nm[0]}:{self.nm[1]})")
+        if self.threads is not None and self.threads < 1:
+            raise UserError("--threads must be at least 1")
+        if self.exclude:
+            try:
+                re.compile(self.exclude)
+            except re.error as exc:
+                raise UserError(f"--exclude is not a valid regular expression: {exc}") from None
+        if self.calib_dir is not None and self.calib_reader is not None:
+            raise UserError("give either --calib or --calib-reader, not both")
+        if self.calib_samples < 1:
+            raise UserError("--calib-samples must be at least 1")
+
+
+def parse_nm(text: str) -> tuple[int, int]:
+    """Parse ``N:M`` (e.g. ``2:4``)."""
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not match:
+        raise UserError(f"bad --nm {text!r}: expected N:M, e.g. 2:4")
+    return int(match.group(1)), int(match.group(2))

@@ -1,0 +1,152 @@
+"""The common interface of all weight layouts.
+
+A layout is a family of masks (block, channel, N:M, unstructured) plus the way a weight masked in
+that family is written back into the graph. Splitting the work into four questions keeps every
+layout testable alone and lets the pipeline treat them uniformly:
+
+1. :meth:`Layout.options` — which (shape, level) variants does this node admit? An empty list comes
+   with a reason (ORT quantization's ``should_quantize`` split: asking is separate from doing).
+2. :meth:`Layout.solve` — choose the mask and the reconstructed weight for one option, given the
+   layer's OBS solver (calibration Hessian, or the identity for the data-free magnitude proxy).
+3. :meth:`Layout.materialize` — rewrite the candidate's node(s) in an onnx-graphsurgeon graph into
+   standard ONNX ops computing exactly ``X·W_masked (+ bias)``.
+4. ``fast_on`` — the execution providers on which the materialized form is genuinely faster, so
+   the allocator is only offered options that can pay off there.
+
+Weights are always in the candidate's canonical orientation (MatMul/Gemm W[K, N] with
+``Y = X·W + bias``; Conv W[O, C, kh, kw]). The OBS kernels work on [outputs, reduction]; the
+conversion lives in :func:`to_rows` / :func:`from_rows` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
+
+    from onnxprune.graph.candidates import Candidate
+    from onnxprune.reconstruct.obs import ObsSolver
+
+ALL_PROVIDERS = frozenset({"*"})
+
+# Fractions of weights removed that the layouts offer by default. The latency table decides which
+# of them are worth anything on the EP; the DP picks among those.
+DEFAULT_LEVELS: tuple[float, ...] = (0.25, 0.375, 0.5, 0.625, 0.75, 0.8125, 0.875, 0.9375)
+
+
+@dataclass(frozen=True)
+class LayoutOption:
+    """One (layout, shape, level) variant a candidate can take.
+
+    Attributes:
+        layout: layout name ("dense", "block", "channel", "nm", "unstructured").
+        level: fraction of the weight's entries removed (0.0 for dense).
+        params: the layout's parameters as sorted (name, value) pairs so options are hashable and
+            JSON-friendly, e.g. (("bk", 64), ("bn", 64), ("keep", 3)) for block.
+    """
+
+    layout: str
+    level: float
+    params: tuple[tuple[str, int], ...] = ()
+
+    def param(self, name: str) -> int:
+        return dict(self.params)[name]
+
+    @property
+    def label(self) -> str:
+        """Short human label, e.g. ``block 64x64 75%`` or ``nm 2:4``."""
+        p = dict(self.params)
+        if self.layout == "dense":
+            return "dense"
+        if self.layout == "block":
+            shape = f"{p['bk']}x{p['bn']}"
+        elif self.layout == "nm":
+            shape = f"{p['n']}:{p['m']}"
+        else:
+            shape = ""
+        return " ".join(x for x in (self.layout, shape, f"{self.level:.0%}") if x)
+
+    def to_json(self) -> dict:
+        return {"layout": self.layout, "level": self.level, "params": dict(self.params)}
+
+    @staticmethod
+    def from_json(data: dict) -> LayoutOption:
+        return LayoutOption(
+            data["layout"], float(data["level"]), tuple(sorted(data.get("params", {}).items()))
+        )
+
+
+DENSE = LayoutOption("dense", 0.0)
+
+
+@dataclass(frozen=True, eq=False)
+class PrunedWeight:
+    """A solved option: the kept entries and the (reconstructed) weight, canonical orientation.
+
+    Attributes:
+        option: the option solved.
+        mask: bool, the candidate's canonical weight shape; True = kept.
+        weight: float32, same shape; exactly zero where ``mask`` is False.
+        err: normalized layer error ‖ŴX − WX‖² / ‖WX‖² (data-free: share of weight energy removed).
+    """
+
+    option: LayoutOption
+    mask: np.ndarray
+    weight: np.ndarray
+    err: float
+
+
+class Layout(Protocol):
+    """What every layout module provides (see the module docstring)."""
+
+    name: ClassVar[str]
+    fast_on: ClassVar[frozenset[str]]
+
+    def options(
+        self, candidate: Candidate, levels: Iterable[float] = DEFAULT_LEVELS
+    ) -> tuple[list[LayoutOption], str | None]:
+        """Options this candidate admits, or ([], reason) when the layout cannot apply."""
+        ...
+
+    def solve(
+        self, candidate: Candidate, solver: ObsSolver, option: LayoutOption
+    ) -> PrunedWeight:
+        """Mask and reconstructed weight for ``option`` using the layer's OBS solver."""
+        ...
+
+    def materialize(
+        self, graph: gs.Graph, candidate: Candidate, pruned: PrunedWeight
+    ) -> None:
+        """Rewrite every node of ``candidate`` in ``graph`` to compute ``X·pruned.weight + bias``.
+
+        Must keep dynamic dimensions (batch, sequence) working and leave other nodes untouched.
+        """
+        ...
+
+
+def is_fast_on(layout: Layout, provider: str) -> bool:
+    """Whether ``layout``'s materialized form can beat dense on ``provider``."""
+    return "*" in layout.fast_on or provider in layout.fast_on
+
+
+def to_rows(candidate: Candidate, array: np.ndarray) -> np.ndarray:
+    """Canonical weight-shaped array -> OBS orientation [outputs, reduction].
+
+    MatMul/Gemm W[K, N] -> [N, K]; Conv W[O, C, kh, kw] -> [O, C·kh·kw] (columns grouped per input
+    channel, c·kh·kw + i·kw + j).
+    """
+    if candidate.op == "Conv":
+        return array.reshape(array.shape[0], -1)
+    return array.T
+
+
+def from_rows(candidate: Candidate, rows: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_rows`."""
+    if candidate.op == "Conv":
+        return rows.reshape(candidate.weight.shape)
+    return np.ascontiguousarray(rows.T)

@@ -1,0 +1,1 @@
+"""Everything onnxprune shows a person or a machine: terminal tables, JSON and plots."""

@@ -1,0 +1,80 @@
+"""The ``onnxprune inspect`` report: prunable nodes by MACs, and the skipped ones with reasons."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from onnxprune.graph.candidates import GraphAnalysis
+
+
+def _shape(shape: tuple[int, ...] | list[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def _macs(macs: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if macs >= scale:
+            return f"{macs / scale:.2f}{unit}"
+    return str(macs)
+
+
+def analysis_to_json(analysis: GraphAnalysis, model_path: str) -> dict:
+    """The inspect report as plain data (what ``--json`` writes)."""
+    return {
+        "model": model_path,
+        "inputs": {i.name: list(i.shape) for i in analysis.bound.inputs},
+        "notes": list(analysis.bound.notes),
+        "total_macs": analysis.total_macs,
+        "prunable_macs": sum(c.macs for c in analysis.candidates),
+        "candidates": [
+            {
+                "name": c.name,
+                "op": c.op,
+                "nodes": list(c.node_names),
+                "weight_source": c.weight_source,
+                "weight_via": list(c.weight_via),
+                "weight_shape": list(c.weight.shape),
+                "activation_shape": list(c.sites[0].input_shape),
+                "output_shape": list(c.sites[0].output_shape),
+                "macs": c.macs,
+                "share": analysis.share(c),
+            }
+            for c in analysis.candidates
+        ],
+        "skipped": [
+            {"node": s.node, "op": s.op, "reason": s.reason, "macs": s.macs}
+            for s in analysis.skipped
+        ],
+    }
+
+
+def render_inspect(console: Console, report: dict) -> None:
+    """Print the inspect report as tables."""
+    inputs = ", ".join(f"{k}={_shape(v)}" for k, v in report["inputs"].items())
+    console.print(f"[bold]{report['model']}[/bold]  inputs: {inputs}")
+    for note in report["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    table = Table(title=f"Prunable nodes ({len(report['candidates'])})", title_justify="left")
+    for column in ("node", "op", "weight", "activation", "MACs", "share", "weight from"):
+        table.add_column(column, justify="right" if column in ("MACs", "share") else "left",
+                         overflow="fold")
+    for c in report["candidates"]:
+        nodes = c["name"] + (f" (+{len(c['nodes']) - 1} sharing)" if len(c["nodes"]) > 1 else "")
+        source = c["weight_source"] + "".join(f" → {v}" for v in c["weight_via"])
+        table.add_row(nodes, c["op"], _shape(c["weight_shape"]), _shape(c["activation_shape"]),
+                      _macs(c["macs"]), f"{c['share']:.1%}", source)
+    console.print(table)
+    total, prunable = report["total_macs"], report["prunable_macs"]
+    share = prunable / total if total else 0.0
+    console.print(f"prunable MACs: {_macs(prunable)} of {_macs(total)} ({share:.1%})")
+    if report["skipped"]:
+        skipped = Table(title=f"Not pruned ({len(report['skipped'])})", title_justify="left")
+        for column in ("node", "op", "MACs", "reason"):
+            skipped.add_column(column, overflow="fold")
+        for s in report["skipped"]:
+            skipped.add_row(s["node"], s["op"], _macs(s["macs"]) if s["macs"] else "-",
+                            s["reason"])
+        console.print(skipped)
+    if not report["candidates"]:
+        console.print("[yellow]no prunable node found[/yellow]: nothing in this model can be pruned")
