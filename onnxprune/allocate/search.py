@@ -1,0 +1,111 @@
+"""SPDY's search over per-layer sensitivity coefficients.
+
+Layer errors are not equally harmful to the model's output. SPDY therefore multiplies each layer's
+error by a coefficient before the DP and searches the coefficients, scoring each resulting
+allocation by the real calibration loss of the stitched model. The search starts from all-ones
+(the plain DP, so it never ends worse than it), samples random coefficient vectors, then runs a
+local search that resamples a shrinking fraction of the coefficients around the best vector.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxprune.allocate.dp import LayerChoices, solve_dp
+
+logger = logging.getLogger("onnxprune")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Best allocation found, its coefficients, its loss and how much was evaluated."""
+
+    choice: list[int]
+    coefs: np.ndarray
+    loss: float
+    evaluations: int
+    initial_loss: float
+
+
+def spdy_search(
+    layers: Sequence[LayerChoices],
+    budget: float,
+    score: Callable[[list[int]], float],
+    *,
+    seconds: float,
+    max_evaluations: int = 400,
+    random_starts: int = 8,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> SearchResult | None:
+    """Search coefficients; ``score(choice)`` returns the calibration loss of an allocation.
+
+    Args:
+        layers: the DP's options per layer.
+        budget: prunable time budget (seconds).
+        score: loss of an allocation (lower is better), e.g. output MSE vs the dense model.
+        seconds: wall-time budget of the search.
+        max_evaluations: cap on distinct allocations scored.
+        random_starts: random coefficient vectors tried after all-ones, before the local search.
+        seed: RNG seed.
+        progress: called with (evaluations, best loss) after each evaluation.
+
+    Returns:
+        The best allocation, or None when the budget is infeasible.
+    """
+    rng = np.random.default_rng(seed)
+    deadline = time.monotonic() + seconds
+    cache: dict[tuple[int, ...], float] = {}
+
+    def evaluate(coefs: np.ndarray) -> tuple[list[int] | None, float]:
+        choice = solve_dp(layers, budget, coefs)
+        if choice is None:
+            return None, np.inf
+        key = tuple(choice)
+        if key not in cache:
+            cache[key] = float(score(choice))
+            if progress:
+                progress(len(cache), min(cache.values()))
+        return choice, cache[key]
+
+    ones = np.ones(len(layers))
+    best_choice, best_loss = evaluate(ones)
+    if best_choice is None:
+        return None
+    initial = best_loss
+    best_coefs = ones
+
+    def out_of_budget() -> bool:
+        return time.monotonic() >= deadline or len(cache) >= max_evaluations
+
+    for _ in range(random_starts):
+        if out_of_budget():
+            break
+        coefs = rng.uniform(0.0, 1.0, len(layers))
+        choice, loss = evaluate(coefs)
+        if choice is not None and loss < best_loss:
+            best_choice, best_loss, best_coefs = choice, loss, coefs
+    fraction = 0.5
+    stale = 0
+    while not out_of_budget() and len(layers) > 0:
+        coefs = best_coefs.copy()
+        count = max(1, int(round(fraction * len(layers))))
+        picked = rng.choice(len(layers), size=count, replace=False)
+        coefs[picked] = rng.uniform(0.0, 1.0, count)
+        choice, loss = evaluate(coefs)
+        if choice is not None and loss < best_loss:
+            best_choice, best_loss, best_coefs = choice, loss, coefs
+            stale = 0
+        else:
+            stale += 1
+            if stale >= 10:
+                fraction = max(1.0 / len(layers), fraction * 0.7)
+                stale = 0
+    logger.debug("SPDY search: %d allocations scored, loss %.4g -> %.4g", len(cache), initial,
+                 best_loss)
+    return SearchResult(best_choice, best_coefs, best_loss, len(cache), initial)
