@@ -93,7 +93,9 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs
     from onnxprune.report.inspect import analysis_to_json, render_inspect
     from onnxprune.report.jsonio import write_json
+    from onnxprune.runtime import resolve_provider
 
+    resolve_provider(provider)  # a typo in --provider is an error everywhere, even here
     requested = parse_shape_specs(shapes)
     model = _load(model_path)
     analysis = find_candidates(model, bind_input_shapes(model, requested))

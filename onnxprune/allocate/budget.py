@@ -1,0 +1,199 @@
+"""The allocation problem in seconds: options worth timing, the budget, the Amdahl bound.
+
+Built from the latency table: the measured whole-model time ``T_dense``, the fixed part
+``T_base`` (everything pruning cannot change), and the time of every (candidate, option). For a
+target speedup S the prunable budget is ``T_dense / S − T_base``. Options that are not faster
+than dense on the EP are dropped before anything is solved, and so are options dominated by one
+that is at least as fast, removes no more weights and has blocks no coarser — they can never be
+the DP's best choice, and solving them would only cost time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxprune.allocate.dp import LayerChoices
+from onnxprune.calib import CalibSet
+from onnxprune.config import PruneConfig
+from onnxprune.graph.candidates import Candidate, GraphAnalysis
+from onnxprune.latency.table import LatencyTable, build_latency_table
+from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight
+from onnxprune.reconstruct.stitch import StitchedRunner
+from onnxprune.runtime import RuntimeConfig
+
+logger = logging.getLogger("onnxprune")
+
+
+def _granularity(option: LayoutOption) -> int:
+    params = dict(option.params)
+    if option.layout == "block":
+        return params["bk"] * params["bn"]
+    if option.layout == "channel":
+        return 1 << 30
+    return 1
+
+
+def prune_dominated(
+    options: Sequence[LayoutOption], times: Mapping[LayoutOption, float]
+) -> list[LayoutOption]:
+    """Dense, plus the options faster than dense that no other option dominates."""
+    dense_time = times[DENSE]
+    useful = [o for o in options if o.layout != "dense" and times[o] < dense_time]
+    kept = []
+    for option in useful:
+        dominated = any(
+            other is not option
+            and times[other] <= times[option]
+            and other.level <= option.level
+            and _granularity(other) <= _granularity(option)
+            and (times[other], other.level, _granularity(other))
+            != (times[option], option.level, _granularity(option))
+            for other in useful
+        )
+        if not dominated:
+            kept.append(option)
+    return [DENSE, *kept]
+
+
+@dataclass
+class AllocationProblem:
+    """Times and options per candidate, in the order the DP sees them."""
+
+    candidates: Sequence[Candidate]
+    options: dict[str, list[LayoutOption]]
+    table: LatencyTable
+    total_s: float
+    base_s: float
+    fingerprint: str
+
+    def option_time(self, name: str, option: LayoutOption) -> float:
+        return self.table.option_time(name, option)
+
+    @property
+    def amdahl_bound(self) -> float:
+        fastest = sum(min(self.option_time(c.name, o) for o in self.options[c.name])
+                      for c in self.candidates)
+        return self.total_s / max(self.base_s + fastest, 1e-12)
+
+    def budget_for(self, speedup: float) -> float:
+        """Seconds available to the candidates for the whole model to run ``speedup``x faster."""
+        return self.total_s / speedup - self.base_s
+
+    def layer_choices(self, database: Mapping[str, Sequence[PrunedWeight]]) -> list[LayerChoices]:
+        layers = []
+        for cand in self.candidates:
+            solved = database[cand.name]
+            times = np.array([self.option_time(cand.name, s.option) for s in solved])
+            errors = np.array([s.err for s in solved])
+            layers.append(LayerChoices(cand.name, times, errors))
+        return layers
+
+    def predicted_speedup(self, chosen: Mapping[str, PrunedWeight]) -> float:
+        prunable = sum(self.option_time(c.name, chosen[c.name].option) for c in self.candidates)
+        return self.total_s / max(self.base_s + prunable, 1e-12)
+
+
+def build_problem(
+    model: onnx.ModelProto,
+    analysis: GraphAnalysis,
+    candidates: Sequence[Candidate],
+    options: Mapping[str, Sequence[LayoutOption]],
+    runtime: RuntimeConfig,
+    config: PruneConfig,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> AllocationProblem:
+    """Time every option (cached), then keep only the options worth solving."""
+
+    def on_progress(done: int, total: int, description: str) -> None:
+        if progress:
+            progress("timing layer options", done, total)
+
+    table = build_latency_table(
+        model, analysis, {name: list(opts) for name, opts in options.items()}, runtime,
+        cache_dir=config.cache_dir, progress=on_progress,
+    )
+    useful = {}
+    for cand in candidates:
+        times = {o: table.option_time(cand.name, o) for o in options[cand.name]}
+        useful[cand.name] = prune_dominated(options[cand.name], times)
+    names = [c.name for c in candidates]
+    total = table.measured_total_s
+    base = table.base_s(names) if callable(getattr(table, "base_s", None)) else table.base_s
+    return AllocationProblem(candidates, useful, table, total, base, table.fingerprint)
+
+
+def format_unreachable(problem: AllocationProblem, target: float) -> str:
+    """Why the target cannot be met: the bound, the fixed part, the layers that cannot shrink."""
+    base_share = problem.base_s / problem.total_s if problem.total_s else 0.0
+    stuck = []
+    for cand in problem.candidates:
+        dense = problem.option_time(cand.name, DENSE)
+        best = min(problem.option_time(cand.name, o) for o in problem.options[cand.name])
+        stuck.append((best, dense, cand.name))
+    stuck.sort(reverse=True)
+    worst = ", ".join(f"{name} ({best * 1e3:.3g} ms at best, {dense * 1e3:.3g} ms dense)"
+                      for best, dense, name in stuck[:3])
+    return (
+        f"a {target:g}x speedup is not reachable: at most {problem.amdahl_bound:.2f}x with the "
+        f"allowed layouts (Amdahl bound). {base_share:.0%} of the model's "
+        f"{problem.total_s * 1e3:.3g} ms is in nodes that cannot be pruned; the slowest "
+        f"prunable nodes even at their fastest: {worst}"
+    )
+
+
+def loss_function(
+    runner: StitchedRunner,
+    holdout: CalibSet,
+    candidates: Sequence[Candidate],
+    database: Mapping[str, Sequence[PrunedWeight]],
+) -> Callable[[list[int]], float]:
+    """Calibration loss of an allocation: the stitched model's outputs vs the dense model's.
+
+    With labels: cross-entropy of the class scores (the task loss). Without: output MSE
+    normalized by the dense output energy, summed over float outputs.
+    """
+    dense_outputs = [runner.run(feed) for feed in holdout.batches]
+
+    def score(choice: list[int]) -> float:
+        weights = {c.name: database[c.name][j].weight for c, j in zip(candidates, choice,
+                                                                       strict=True)}
+        total = 0.0
+        for feed, labels, dense in zip(holdout.batches, holdout.labels, dense_outputs,
+                                       strict=True):
+            outputs = runner.run(feed, weights)
+            scores = _last_2d_float(outputs)
+            if labels is not None and scores is not None:
+                total += _cross_entropy(scores, labels)
+                continue
+            for name, want in dense.items():
+                if np.issubdtype(np.asarray(want).dtype, np.floating):
+                    denom = float(np.sum(np.square(want))) or 1.0
+                    total += float(np.sum(np.square(outputs[name] - want))) / denom
+        return total / max(len(holdout.batches), 1)
+
+    return score
+
+
+def _last_2d_float(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    for value in reversed(list(outputs.values())):
+        value = np.asarray(value)
+        if value.ndim == 2 and np.issubdtype(value.dtype, np.floating):
+            return value
+    return None
+
+
+def _cross_entropy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy; probabilities are used as they are, logits through a softmax."""
+    scores = scores.astype(np.float64)
+    is_prob = np.all(scores >= 0) and np.allclose(scores.sum(-1), 1.0, atol=1e-3)
+    if is_prob:
+        probs = np.clip(scores, 1e-12, 1.0)
+    else:
+        shifted = scores - scores.max(-1, keepdims=True)
+        probs = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))

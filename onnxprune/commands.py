@@ -1,0 +1,153 @@
+"""What each CLI command does, between parsed flags and the library: progress bars and printing.
+
+Kept apart from ``cli.py`` so click only parses, and from the library so the library never prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from onnxprune.config import PruneConfig, parse_nm
+from onnxprune.errors import TargetUnreachableError, UserError
+from onnxprune.graph.shapes import parse_shape_specs
+
+
+@contextlib.contextmanager
+def progress_bars(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """A (stage, done, total) callback drawing one rich progress bar per stage (on stderr)."""
+    if quiet:
+        yield lambda stage, done, total: None
+        return
+    console = Console(stderr=True)
+    bars = Progress(TextColumn("{task.description:<26}"), BarColumn(), TextColumn(
+        "{task.completed}/{task.total}"), TimeElapsedColumn(), console=console, transient=False)
+    tasks: dict[str, int] = {}
+    with bars:
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bars.add_task(stage, total=total or None)
+            bars.update(tasks[stage], completed=done, total=total or None)
+        yield update
+
+
+def _layouts(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layouts, calib_dir,
+              calib_reader, calib_samples, shapes, provider, threads, json_path, exclude, seed,
+              search_budget, dry_run, best_effort, cache_dir, quiet, console: Console) -> int:
+    from onnxprune.pipeline import prune
+    from onnxprune.report.jsonio import write_json
+    from onnxprune.report.summary import render_report, report_to_json
+
+    config = PruneConfig(
+        speedup=speedup, sparsity=sparsity, nm=parse_nm(nm) if nm else None,
+        layouts=_layouts(layouts), provider=provider, threads=threads,
+        shapes=parse_shape_specs(shapes), calib_dir=calib_dir, calib_reader=calib_reader,
+        calib_samples=calib_samples, exclude=exclude, seed=seed, dry_run=dry_run,
+        best_effort=best_effort, search_budget=search_budget, cache_dir=cache_dir,
+    )
+    if calib_dir is not None and not Path(calib_dir).exists():
+        raise UserError(f"calibration folder not found: {calib_dir}")
+    with progress_bars(quiet) as progress:
+        report = prune(input_path, output_path, config, progress=progress)
+    if json_path != "-":
+        render_report(console, report)
+    if json_path:
+        write_json(report_to_json(report), json_path)
+    if report.met_target is False:
+        console.print("[yellow]the target was not met; --best-effort wrote the fastest model "
+                      "found[/yellow]")
+        return TargetUnreachableError.exit_code
+    return 0
+
+
+def run_bench(model_a: str, model_b: str, *, shapes, provider, threads, json_path, seconds,
+              console: Console, load) -> None:
+    from onnxprune.graph.shapes import bind_input_shapes, graph_inputs
+    from onnxprune.latency.measure import bench_pair
+    from onnxprune.report.jsonio import write_json
+    from onnxprune.runtime import RuntimeConfig, resolve_provider, synthetic_feed
+
+    a, b = load(model_a), load(model_b)
+    requested = parse_shape_specs(shapes)
+    bound = bind_input_shapes(a, requested)
+    names_a = sorted(i.name for i in graph_inputs(a))
+    names_b = sorted(i.name for i in graph_inputs(b))
+    if names_a != names_b:
+        raise UserError(f"the models have different inputs: {names_a} vs {names_b}")
+    runtime = RuntimeConfig(provider=resolve_provider(provider), threads=threads)
+    feed = synthetic_feed(bound.as_tuples())
+    result = bench_pair(load_bytes(a), load_bytes(b), feed, runtime, max_seconds=seconds)
+    if json_path != "-":
+        shapes_text = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in bound.shapes().items())
+        for note in bound.notes:
+            console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(f"inputs: {shapes_text}; provider {runtime.provider}, threads "
+                      f"{threads or 'default'}")
+        console.print(f"A {model_a}: {result.time_a_s * 1e3:.3f} ms (median)")
+        console.print(f"B {model_b}: {result.time_b_s * 1e3:.3f} ms (median)")
+        console.print(f"[bold]speedup of B over A: {result.speedup_median:.2f}x[/bold] "
+                      f"(interquartile {result.speedup_q25:.2f}-{result.speedup_q75:.2f}, "
+                      f"{result.pairs} interleaved pairs)")
+    if json_path:
+        write_json({"a": model_a, "b": model_b, "inputs": bound.shapes(),
+                    "provider": runtime.provider, "threads": threads, **result.to_json()},
+                   json_path)
+
+
+def load_bytes(model) -> bytes:
+    from onnxprune.graph.load import stamp_ir_version
+
+    return stamp_ir_version(model).SerializeToString()
+
+
+def run_profile(model_path: str, *, shapes, provider, threads, json_path, layouts, cache_dir,
+                quiet, console: Console, load) -> None:
+    from onnxprune.allocate.budget import prune_dominated
+    from onnxprune.graph.candidates import find_candidates
+    from onnxprune.graph.shapes import bind_input_shapes
+    from onnxprune.latency.table import build_latency_table
+    from onnxprune.layouts.base import DENSE, is_fast_on
+    from onnxprune.layouts.registry import LAYOUTS, get_layout
+    from onnxprune.report.jsonio import write_json
+    from onnxprune.report.profile import render_profile
+    from onnxprune.runtime import RuntimeConfig, resolve_provider
+
+    model = load(model_path)
+    bound = bind_input_shapes(model, parse_shape_specs(shapes))
+    runtime = RuntimeConfig(provider=resolve_provider(provider), threads=threads)
+    names = list(_layouts(layouts)) or [
+        n for n, cls in LAYOUTS.items() if n != "dense" and is_fast_on(cls(), runtime.provider)]
+    analysis = find_candidates(model, bound)
+    options = {}
+    for cand in analysis.candidates:
+        found = [DENSE]
+        for name in names:
+            found.extend(get_layout(name).options(cand)[0])
+        options[cand.name] = found
+    with progress_bars(quiet) as progress:
+        table = build_latency_table(
+            model, analysis, options, runtime, cache_dir=cache_dir,
+            progress=lambda done, total, desc: progress("timing layer options", done, total),
+        )
+    rows = []
+    for cand in analysis.candidates:
+        times = {o: table.option_time(cand.name, o) for o in options[cand.name]}
+        useful = prune_dominated(options[cand.name], times)
+        best = min(useful, key=lambda o: times[o])
+        rows.append({"name": cand.name, "op": cand.op, "dense_s": times[DENSE],
+                     "fastest": best.label, "fastest_s": times[best]})
+    data = {"model": model_path, "inputs": bound.shapes(), "provider": runtime.provider,
+            "threads": threads, "layouts": names, "nodes": rows, **table.summary(
+                [c.name for c in analysis.candidates], options)}
+    if json_path != "-":
+        render_profile(console, data, bound.notes)
+    if json_path:
+        write_json(data, json_path)

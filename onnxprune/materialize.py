@@ -1,0 +1,49 @@
+"""Writing the chosen layouts into the graph, and checking the result is a valid model.
+
+Each non-dense choice is handed to its layout's ``materialize`` on one onnx-graphsurgeon graph;
+afterwards the graph is cleaned (the replaced nodes and now-unused weights drop out), sorted,
+exported with an IR version the installed ONNX Runtime reads, and passed through ``onnx.checker``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxprune.graph.candidates import Candidate
+from onnxprune.graph.load import stamp_ir_version
+from onnxprune.layouts.base import PrunedWeight
+from onnxprune.layouts.registry import get_layout
+
+logger = logging.getLogger("onnxprune")
+
+
+def materialize(
+    model: onnx.ModelProto,
+    candidates: Sequence[Candidate],
+    chosen: Mapping[str, PrunedWeight],
+) -> onnx.ModelProto:
+    """A new model with every candidate rewritten to its chosen solution (input untouched).
+
+    Raises:
+        onnx.checker.ValidationError: the rewritten model is invalid (an internal error).
+    """
+    graph = gs.import_onnx(model)
+    for cand in candidates:
+        solution = chosen.get(cand.name)
+        if solution is None or solution.option.layout == "dense":
+            continue
+        get_layout(solution.option.layout).materialize(graph, cand, solution)
+    graph.cleanup().toposort()
+    out = gs.export_onnx(graph)
+    out.ir_version = model.ir_version
+    for prop in model.metadata_props:
+        if not any(p.key == prop.key for p in out.metadata_props):
+            out.metadata_props.append(prop)
+    out.producer_name = "onnxprune"
+    stamp_ir_version(out)
+    onnx.checker.check_model(out)
+    return out

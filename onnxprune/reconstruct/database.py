@@ -1,0 +1,71 @@
+"""The per-layer database: every allowed option of every candidate, solved once.
+
+For each candidate, one :class:`~onnxprune.reconstruct.obs.ObsSolver` is built (one factorization
+of its Hessian) and every option is solved with it, so the allocator can look up the error of any
+(layer, option) pair and the search can stitch any allocation without solving again. Without
+calibration data the Hessian is the identity: no weight update, and the error is the share of the
+weight's energy removed (the data-free proxy).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from onnxprune.graph.candidates import Candidate
+from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight, to_rows
+from onnxprune.layouts.registry import get_layout
+from onnxprune.reconstruct.obs import ObsSolver
+
+logger = logging.getLogger("onnxprune")
+
+
+def make_solver(candidate: Candidate, hessian: np.ndarray | None) -> ObsSolver:
+    """The layer's OBS solver; the identity Hessian when there is no calibration data."""
+    rows = to_rows(candidate, candidate.weight)
+    if hessian is None:
+        hessian = np.eye(rows.shape[1])
+    return ObsSolver(rows, hessian)
+
+
+def dense_solution(candidate: Candidate) -> PrunedWeight:
+    return PrunedWeight(DENSE, np.ones(candidate.weight.shape, bool), candidate.weight, 0.0)
+
+
+def solve_options(
+    candidate: Candidate, solver: ObsSolver, options: Sequence[LayoutOption]
+) -> list[PrunedWeight]:
+    """Solve each option of one candidate with its (shared) solver."""
+    solved = []
+    for option in options:
+        if option.layout == "dense":
+            solved.append(dense_solution(candidate))
+        else:
+            solved.append(get_layout(option.layout).solve(candidate, solver, option))
+    return solved
+
+
+def build_database(
+    candidates: Sequence[Candidate],
+    options: Mapping[str, Sequence[LayoutOption]],
+    hessians: Mapping[str, np.ndarray] | None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, list[PrunedWeight]]:
+    """Solve every option of every candidate.
+
+    Args:
+        candidates: the candidates.
+        options: per candidate name, its options (dense included by the caller).
+        hessians: per candidate name, its H; None for the data-free proxy.
+        progress: called with each candidate's name once it is solved.
+    """
+    database: dict[str, list[PrunedWeight]] = {}
+    for cand in candidates:
+        hessian = None if hessians is None else hessians[cand.name]
+        solver = make_solver(cand, hessian)
+        database[cand.name] = solve_options(cand, solver, options[cand.name])
+        if progress:
+            progress(cand.name)
+    return database
