@@ -19,7 +19,10 @@ from onnxprune.errors import OnnxPruneError, UserError
 
 logger = logging.getLogger("onnxprune")
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped into a log (not a terminal), tables keep a readable width instead of rich's 80 columns.
 out_console = Console(highlight=False)
+if not out_console.is_terminal:
+    out_console = Console(highlight=False, width=120)
 
 SUBCOMMANDS = ("prune", "inspect", "profile", "bench")
 

@@ -144,9 +144,15 @@ def run_profile(model_path: str, *, shapes, provider, threads, json_path, layout
         best = min(useful, key=lambda o: times[o])
         rows.append({"name": cand.name, "op": cand.op, "dense_s": times[DENSE],
                      "fastest": best.label, "fastest_s": times[best]})
-    data = {"model": model_path, "inputs": bound.shapes(), "provider": runtime.provider,
-            "threads": threads, "layouts": names, "nodes": rows, **table.summary(
-                [c.name for c in analysis.candidates], options)}
+    data = {
+        "model": model_path, "inputs": bound.shapes(), "provider": runtime.provider,
+        "threads": threads, "layouts": names, "nodes": rows,
+        "dense_total_s": table.dense_total_s, "base_s": table.base_s,
+        "predicted_dense_s": table.base_s + table.isolated_dense_s, "gap_s": table.gap_s,
+        "scale": table.scale, "amdahl_bound": table.amdahl_bound(names),
+        "timings_run": table.timings_run, "timings_cached": table.timings_cached,
+        "fingerprint": table.fingerprint, "environment": dict(table.environment),
+    }
     if json_path != "-":
         render_profile(console, data, bound.notes)
     if json_path:

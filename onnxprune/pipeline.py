@@ -262,8 +262,9 @@ def prune(
             rank, k = poorly_conditioned(hessians[cand.name])
             if rank < 0.5 * k:
                 report.notes.append(
-                    f"{cand.name}: calibration data excites only {rank} of its {k} inputs "
-                    "(rank-deficient statistics); more or more varied calibration data helps"
+                    f"{cand.name}: its inputs span only {rank} of {k} dimensions on the "
+                    "calibration data (rank-deficient statistics, solved with dampening); if "
+                    "deployment inputs vary more, calibrate with more varied data"
                 )
         _emit(progress, "collecting statistics", total, total)
     solved: dict[str, int] = {"n": 0}

@@ -119,12 +119,13 @@ def build_problem(
     )
     useful = {}
     for cand in candidates:
-        times = {o: table.option_time(cand.name, o) for o in options[cand.name]}
-        useful[cand.name] = prune_dominated(options[cand.name], times)
-    names = [c.name for c in candidates]
-    total = table.measured_total_s
-    base = table.base_s(names) if callable(getattr(table, "base_s", None)) else table.base_s
-    return AllocationProblem(candidates, useful, table, total, base, table.fingerprint)
+        timed = table.options(cand.name)  # options that could not be built or timed are absent
+        times = {o: table.option_time(cand.name, o) for o in timed}
+        useful[cand.name] = prune_dominated(timed, times)
+    for name, option, reason in table.dropped:
+        logger.info("%s: option %s not timed: %s", name, option.label, reason)
+    return AllocationProblem(candidates, useful, table, table.dense_total_s, table.base_s,
+                             table.fingerprint)
 
 
 def format_unreachable(problem: AllocationProblem, target: float) -> str:

@@ -1,0 +1,38 @@
+"""The ``onnxprune profile`` report: per-node times, prediction quality, the reachable speedup."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+
+def render_profile(console: Console, data: dict, notes: Sequence[str] = ()) -> None:
+    for note in notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    shapes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in data["inputs"].items())
+    console.print(f"[bold]{data['model']}[/bold]  inputs: {shapes}; {data['provider']}, threads "
+                  f"{data['threads'] or 'default'}; layouts: {', '.join(data['layouts'])}")
+    total = data["dense_total_s"]
+    table = Table(title="Prunable nodes", title_justify="left")
+    for column in ("node", "op", "dense ms", "share", "fastest option", "its ms", "x"):
+        table.add_column(column, justify="left" if column in ("node", "op", "fastest option")
+                         else "right", overflow="fold")
+    for row in sorted(data["nodes"], key=lambda r: -r["dense_s"]):
+        table.add_row(row["name"], row["op"], f"{row['dense_s'] * 1e3:.3f}",
+                      f"{row['dense_s'] / total:.1%}" if total else "-", row["fastest"],
+                      f"{row['fastest_s'] * 1e3:.3f}",
+                      f"{row['dense_s'] / row['fastest_s']:.1f}" if row["fastest_s"] else "-")
+    console.print(table)
+    console.print(
+        f"whole model (measured): {total * 1e3:.3f} ms; fixed part (not prunable): "
+        f"{data['base_s'] * 1e3:.3f} ms ({data['base_s'] / total:.0%})" if total else ""
+    )
+    console.print(
+        f"base + Σ isolated dense nodes predicts {data['predicted_dense_s'] * 1e3:.3f} ms "
+        f"(gap {data['gap_s'] * 1e3:+.3f} ms, corrected by x{data['scale']:.3f})"
+    )
+    console.print(f"[bold]maximum reachable speedup (Amdahl bound): "
+                  f"{data['amdahl_bound']:.2f}x[/bold]")
+    console.print(f"timings: {data['timings_run']} measured, {data['timings_cached']} from cache")
