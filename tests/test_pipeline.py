@@ -1,0 +1,145 @@
+"""End to end on the shipped models: what is written, what is refused, what the report says.
+
+Speed is never asserted here (that belongs to benchmarks): runs use --best-effort where a noisy
+machine could make a measured target miss, and the assertions are about validity, exactness,
+patterns and the report's honesty.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from onnxprune import PruneConfig, prune
+from onnxprune.errors import TargetUnreachableError, UserError
+from onnxprune.reconstruct.masks import check_nm
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+CALIB = ROOT / "calibration"
+EVAL = np.load(MODELS / "data" / "digits_eval.npz")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("latency-cache")
+
+
+def _run(path: Path, batch: int) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = EVAL["input_img"][:batch]
+    return session.run(None, {"input": x})[-1]
+
+
+def test_cnn_speedup_target_writes_a_valid_exact_model(tmp_path, cache_dir):
+    out = tmp_path / "cnn.onnx"
+    config = PruneConfig(speedup=1.5, calib_dir=CALIB / "digits_cnn", shapes={"input": (64, 1, 8, 8)},
+                         threads=2, search_budget=3, cache_dir=cache_dir, best_effort=True)
+    report = prune(MODELS / "digits_cnn.onnx", out, config)
+    assert report.written and out.exists()
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    # Dynamic batch survives: the model was timed at 64 and must run at 5 and 64.
+    assert _run(out, 5).shape == (5, 10)
+    assert _run(out, 64).shape == (64, 10)
+    # Something was pruned, with a structured (fast) layout, and it is reported per node.
+    layouts = {layer.option.layout for layer in report.layers}
+    assert layouts & {"block", "channel"}
+    assert report.exactness is not None and report.exactness < 1e-3
+    assert report.measured is not None and report.measured.pairs >= 5
+    assert report.amdahl_bound and report.amdahl_bound > 1.5
+    # The pruned model still classifies the held-out digits far above chance.
+    logits = _run(out, 300)
+    accuracy = float(np.mean(np.argmax(logits, -1) == EVAL["labels"]))
+    assert accuracy > 0.8
+
+
+def test_unreachable_target_exits_3_and_writes_nothing(tmp_path, cache_dir):
+    out = tmp_path / "never.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "onnxprune", str(MODELS / "digits_transformer.onnx"), str(out),
+         "--speedup", "40", "--shape", "input=64x8x8", "--threads", "2",
+         "--cache-dir", str(cache_dir)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "not reachable" in result.stderr and "Amdahl bound" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_dry_run_plans_without_writing(tmp_path, cache_dir):
+    out = tmp_path / "dry.onnx"
+    config = PruneConfig(speedup=1.3, shapes={"input": (64, 64)}, threads=2,
+                         cache_dir=cache_dir, dry_run=True)
+    report = prune(MODELS / "digits_mlp.onnx", out, config)
+    assert not out.exists() and not report.written
+    assert report.predicted_speedup is not None and report.predicted_speedup >= 1.3 * 0.99
+    assert any("no calibration data" in note for note in report.notes)
+
+
+def test_nm_mode_writes_the_pattern(tmp_path):
+    out = tmp_path / "nm.onnx"
+    config = PruneConfig(nm=(2, 4), calib_dir=CALIB / "digits_mlp", threads=2)
+    report = prune(MODELS / "digits_mlp.onnx", out, config)
+    assert report.written
+    assert any("TensorRT" in note for note in report.notes)  # honest: no CPU speedup
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    pruned = [w for w in weights.values() if w.ndim == 2 and w.shape[0] % 4 == 0
+              and w.shape[0] >= 64]
+    assert pruned
+    for w in pruned:  # canonical W[K, N]: the pattern runs along K
+        assert check_nm(w.T != 0, 2, 4)
+
+
+def test_sparsity_mode_needs_one_layout(tmp_path):
+    with pytest.raises(UserError, match="exactly one layout"):
+        prune(MODELS / "digits_mlp.onnx", tmp_path / "x.onnx", PruneConfig(sparsity=0.5))
+
+
+def test_uniform_block_sparsity_with_json(tmp_path):
+    out = tmp_path / "block.onnx"
+    json_path = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "onnxprune", str(MODELS / "digits_transformer.onnx"), str(out),
+         "--sparsity", "0.5", "--layouts", "block", "--calib",
+         str(CALIB / "digits_transformer"), "--json", str(json_path), "--threads", "2",
+         "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(json_path.read_text())
+    assert data["written"] and data["mode"] == "sparsity"
+    block_layers = [layer for layer in data["layers"] if layer["layout"] == "block"]
+    assert len(block_layers) >= 8
+    assert all(abs(layer["level"] - 0.5) < 0.13 for layer in block_layers)
+    assert data["weights_after"] < data["weights_before"]
+    assert data["measured_speedup"]["pairs"] >= 5
+    assert data["max_relative_difference_vs_masked_dense"] < 1e-3
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": EVAL["input_seq"][:7]})[0].shape == (7, 10)
+
+
+def test_no_prunable_node_is_not_success(tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "relu.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(TargetUnreachableError, match="no prunable node"):
+        prune(path, tmp_path / "out.onnx", PruneConfig(speedup=2.0))
+    assert not (tmp_path / "out.onnx").exists()
