@@ -65,16 +65,23 @@ class RuntimeConfig:
         return [main, "CPUExecutionProvider"]
 
 
-def make_session(
-    model: onnx.ModelProto | bytes, config: RuntimeConfig | None = None
-) -> ort.InferenceSession:
-    """Create an ``InferenceSession`` with the configured EP and threads (quiet logging)."""
+def session_options(config: RuntimeConfig | None = None) -> ort.SessionOptions:
+    """The ``SessionOptions`` every onnxprune session starts from (threads, quiet logging)."""
     config = config or RuntimeConfig()
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if config.threads:
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1
+    return options
+
+
+def make_session(
+    model: onnx.ModelProto | bytes, config: RuntimeConfig | None = None
+) -> ort.InferenceSession:
+    """Create an ``InferenceSession`` with the configured EP and threads (quiet logging)."""
+    config = config or RuntimeConfig()
+    options = session_options(config)
     payload = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(payload, sess_options=options, providers=config.providers())
 
