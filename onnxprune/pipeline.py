@@ -22,6 +22,7 @@ from onnxprune.allocate.budget import (
     AllocationProblem,
     build_problem,
     format_unreachable,
+    granularity,
     loss_function,
 )
 from onnxprune.allocate.dp import solve_dp
@@ -38,7 +39,7 @@ from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight, is_fast_on
 from onnxprune.layouts.registry import LAYOUTS, get_layout
 from onnxprune.materialize import materialize
 from onnxprune.reconstruct.collect import collect_hessians, poorly_conditioned
-from onnxprune.reconstruct.database import build_database, make_solver, solve_options
+from onnxprune.reconstruct.database import build_database
 from onnxprune.reconstruct.sequential import sequential_resolve
 from onnxprune.reconstruct.stitch import StitchedRunner
 from onnxprune.runtime import RuntimeConfig, resolve_provider, synthetic_feed
@@ -153,7 +154,9 @@ def _options_for(
                 if not opts and reason is None:
                     reason = f"{config.nm[0]}:{config.nm[1]} does not fit its weight"
             if config.sparsity is not None and opts:
-                opts = [min(opts, key=lambda o: abs(o.level - config.sparsity))]
+                # Nearest level; among equal levels the coarsest block, usually the fastest.
+                opts = [min(opts, key=lambda o: (round(abs(o.level - config.sparsity), 6),
+                                                 -granularity(o)))]
             found.extend(opts)
             if reason:
                 reasons.append(f"{name}: {reason}")
@@ -222,14 +225,13 @@ def prune(
     if not candidates:
         raise _nothing_to_prune(analysis, mode, "no prunable node admits the requested layout")
 
-    for cand in candidates:
-        if not any(is_fast_on(get_layout(o.layout), provider) for o in options[cand.name][1:]):
-            if mode != "speedup":
-                report.notes.append(
-                    f"{layouts[0]} gives no speedup on {provider} (ONNX Runtime does not skip "
-                    "zeros): expect compression or a TensorRT speedup only"
-                )
-                break
+    slow = [c for c in candidates
+            if not any(is_fast_on(get_layout(o.layout), provider) for o in options[c.name][1:])]
+    if slow and mode != "speedup":
+        report.notes.append(
+            f"{layouts[0]} gives no speedup on {provider} (ONNX Runtime does not skip zeros): "
+            "expect compression or a TensorRT speedup only"
+        )
 
     feed = synthetic_feed(bound.as_tuples(), seed=config.seed)
     runner, fit, holdout = None, None, None

@@ -41,7 +41,8 @@ def _run(path: Path, batch: int) -> np.ndarray:
 
 def test_cnn_speedup_target_writes_a_valid_exact_model(tmp_path, cache_dir):
     out = tmp_path / "cnn.onnx"
-    config = PruneConfig(speedup=1.5, calib_dir=CALIB / "digits_cnn", shapes={"input": (64, 1, 8, 8)},
+    config = PruneConfig(speedup=1.5, calib_dir=CALIB / "digits_cnn",
+                         shapes={"input": (64, 1, 8, 8)},
                          threads=2, search_budget=3, cache_dir=cache_dir, best_effort=True)
     report = prune(MODELS / "digits_cnn.onnx", out, config)
     assert report.written and out.exists()

@@ -29,7 +29,8 @@ from onnxprune.runtime import RuntimeConfig
 logger = logging.getLogger("onnxprune")
 
 
-def _granularity(option: LayoutOption) -> int:
+def granularity(option: LayoutOption) -> int:
+    """Entries that are kept or removed together (coarser = faster, usually less accurate)."""
     params = dict(option.params)
     if option.layout == "block":
         return params["bk"] * params["bn"]
@@ -50,9 +51,9 @@ def prune_dominated(
             other is not option
             and times[other] <= times[option]
             and other.level <= option.level
-            and _granularity(other) <= _granularity(option)
-            and (times[other], other.level, _granularity(other))
-            != (times[option], option.level, _granularity(option))
+            and granularity(other) <= granularity(option)
+            and (times[other], other.level, granularity(other))
+            != (times[option], option.level, granularity(option))
             for other in useful
         )
         if not dominated:

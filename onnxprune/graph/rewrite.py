@@ -68,7 +68,7 @@ class _Builder:
         attrs: dict | None = None,
         dtype: type = _FLOAT,
     ) -> gs.Variable:
-        """Append ``op`` to the graph; ``output`` is an existing tensor or a base name for a new one."""
+        """Append an ``op`` node writing ``output`` (an existing tensor, or a base name)."""
         out = output if isinstance(output, gs.Variable) else self.var(output, dtype)
         node = gs.Node(op, self.name(base), dict(attrs or {}), list(inputs), [out])
         self.graph.nodes.append(node)
@@ -361,3 +361,332 @@ def channel_restore(
             h = build.node("Gather", f"{p}/restore", [h, index], f"{p}/y_t", {"axis": 0})
             h = build.node("Transpose", f"{p}/channels_last", [h], f"{p}/y", {"perm": back})
         _add_bias(build, p, h, full_bias, out)
+
+
+# --------------------------------------------------------------------------- folding restores
+
+_UNARY = {
+    "Identity": lambda v, node: v,
+    "Relu": lambda v, node: np.maximum(v, 0),
+    "LeakyRelu": lambda v, node: np.where(v >= 0, v, v * np.float32(node.attrs.get("alpha", 0.01))),
+    "Sigmoid": lambda v, node: 1 / (1 + np.exp(-v)),
+    "Tanh": lambda v, node: np.tanh(v),
+    "Neg": lambda v, node: -v,
+    "Abs": lambda v, node: np.abs(v),
+}
+_BINARY = {
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Mul": np.multiply,
+    "Div": np.divide,
+}
+
+
+def _constant_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """Value of an initializer or a Constant node's output; None otherwise."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        value = tensor.inputs[0].attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return np.asarray(value.values)
+    return None
+
+
+def _single_consumer(tensor: gs.Tensor, graph: gs.Graph) -> gs.Node | None:
+    if len(tensor.outputs) != 1 or tensor in graph.outputs:
+        return None
+    return tensor.outputs[0]
+
+
+class _Restore:
+    """A matched ``channel_restore`` subgraph (see :func:`fold_channel_restores`)."""
+
+    def __init__(self, small: gs.Node, keep: int, kept: np.ndarray, axis: int, rank: int,
+                 restore_nodes: list[gs.Node], bias_add: gs.Node | None, output: gs.Variable,
+                 removed_value: np.ndarray) -> None:
+        self.small, self.keep, self.kept = small, keep, kept
+        self.axis, self.rank = axis, rank
+        self.restore_nodes, self.bias_add, self.output = restore_nodes, bias_add, output
+        self.removed_value = removed_value  # [N]: what every channel holds if it were removed
+
+
+def _match_restore(gather: gs.Node, graph: gs.Graph) -> _Restore | None:
+    """Match small node -> [Transpose] -> Gather -> [Transpose] -> [Add bias] at ``gather``."""
+    if gather.op != "Gather" or len(gather.inputs) != 2:
+        return None
+    index = _constant_value(gather.inputs[1])
+    if index is None or index.ndim != 1 or index.dtype.kind not in "iu" or index.size < 2:
+        return None
+    data = gather.inputs[0]
+    if len(data.inputs) != 1 or len(data.outputs) != 1:
+        return None
+    producer = data.inputs[0]
+    nodes = [gather]
+    axis = int(gather.attrs.get("axis", 0))
+    if producer.op == "Transpose":  # MatMul/Gemm form: channels moved first
+        first = producer
+        perm = list(first.attrs.get("perm", []))
+        rank = len(perm)
+        if rank < 2 or perm != [rank - 1, *range(rank - 1)] or axis != 0:
+            return None
+        if len(first.inputs[0].inputs) != 1 or len(first.inputs[0].outputs) != 1:
+            return None
+        small = first.inputs[0].inputs[0]
+        second = _single_consumer(gather.outputs[0], graph)
+        if second is None or second.op != "Transpose":
+            return None
+        if list(second.attrs.get("perm", [])) != [*range(1, rank), 0]:
+            return None
+        nodes = [first, gather, second]
+        if small.op not in ("MatMul", "Gemm"):
+            return None
+        if small.op == "Gemm" and (
+            small.attrs.get("transB", 0) or float(small.attrs.get("alpha", 1.0)) != 1.0
+        ):
+            return None
+        channel_axis = 1
+    elif producer.op == "Conv" and axis == 1:
+        small, rank, channel_axis = producer, 4, 0
+        if int(small.attrs.get("group", 1)) != 1:
+            return None
+    else:
+        return None
+    weight = _constant_value(small.inputs[1]) if len(small.inputs) > 1 else None
+    if weight is None or weight.ndim < 2:
+        return None
+    slots = weight.shape[channel_axis]
+    keep = slots - 1
+    zero_slot = np.take(weight, keep, axis=channel_axis)
+    if np.any(zero_slot) or index.max() != keep or index.min() < 0:
+        return None
+    kept_positions = np.flatnonzero(index != keep)
+    if not np.array_equal(index[kept_positions], np.arange(keep)):
+        return None  # only the layout's own restore (kept channels in order) is folded
+    if len(small.inputs) > 2:  # the small node's own bias must leave the zero slot at zero
+        small_bias = _constant_value(small.inputs[2])
+        if small_bias is None or small_bias.size not in (1, slots) or small_bias.reshape(-1)[-1]:
+            return None
+    tail = nodes[-1].outputs[0]
+    removed_value = np.zeros(index.size, np.float32)
+    bias_add = None
+    consumer = _single_consumer(tail, graph)
+    if consumer is not None and consumer.op == "Add" and consumer.inputs[0] is tail:
+        bias = _constant_value(consumer.inputs[1])
+        shape = (index.size, 1, 1) if small.op == "Conv" else (index.size,)
+        if bias is not None and bias.shape == shape:
+            bias_add = consumer
+            removed_value = bias.reshape(-1).astype(np.float32)
+            tail = consumer.outputs[0]
+    return _Restore(small, keep, kept_positions, 1 if small.op == "Conv" else rank - 1, rank,
+                    nodes, bias_add, tail, removed_value)
+
+
+def _channel_vector(value: np.ndarray, axis: int, rank: int, channels: int) -> np.ndarray | None:
+    """A constant operand as a per-channel [channels] vector, or None if it is not one."""
+    if value.ndim > rank or value.dtype != np.float32:
+        return None
+    full = value.reshape((1,) * (rank - value.ndim) + value.shape)
+    other = [d for i, d in enumerate(full.shape) if i != axis]
+    if any(d != 1 for d in other) or full.shape[axis] not in (1, channels):
+        return None
+    return np.broadcast_to(full.reshape(-1), (channels,)).astype(np.float32)
+
+
+def fold_channel_restores(graph: gs.Graph) -> int:
+    """Shrink the consumer of a channel-pruned node instead of restoring the full output.
+
+    For every restore built by :func:`channel_restore` whose output reaches exactly one MatMul,
+    Gemm or Conv with a constant weight through a chain of single-consumer elementwise ops
+    (Add/Sub/Mul/Div with a scalar or per-channel constant, Relu, LeakyRelu, Sigmoid, Tanh, Neg,
+    Abs, Identity, BatchNormalization), the restore is removed: the producer keeps its ``keep``
+    channels, per-channel constants on the chain are gathered, the consumer's weight loses the
+    removed input channels, and the constant those channels carried (``f(bias)``) is folded into
+    the consumer's bias. A Conv consumer with padding accepts this only when that constant is 0
+    (padding makes its contribution position-dependent). Residual branches (several consumers),
+    graph outputs and anything else keep the plain restore, which is always exact.
+
+    Args:
+        graph: the graph after materialization, changed in place (run ``cleanup()`` after).
+
+    Returns:
+        How many restores were folded.
+    """
+    folded = 0
+    for gather in [node for node in graph.nodes if node.op == "Gather"]:
+        if not gather.outputs:
+            continue
+        match = _match_restore(gather, graph)
+        if match is not None and _fold(graph, match):
+            folded += 1
+    if folded:
+        logger.debug("folded %d channel restores into their consumers", folded)
+    return folded
+
+
+def _fold(graph: gs.Graph, match: _Restore) -> bool:
+    channels = match.removed_value.size
+    removed = np.ones(channels, dtype=bool)
+    removed[match.kept] = False
+    value = match.removed_value.copy()
+    chain: list[tuple[gs.Node, int, np.ndarray | None, str | None]] = []
+    tensor = match.output
+    while True:
+        node = _single_consumer(tensor, graph)
+        if node is None:
+            return False
+        if node.op in ("MatMul", "Gemm", "Conv") and node.inputs[0] is tensor:
+            consumer = node
+            break
+        if node.op in _UNARY:
+            value = _UNARY[node.op](value, node)
+            chain.append((node, 0, None, None))
+        elif node.op in _BINARY and len(node.inputs) == 2:
+            position = 0 if node.inputs[0] is tensor else 1
+            operand = _constant_value(node.inputs[1 - position])
+            vector = None if operand is None else _channel_vector(
+                operand, match.axis, match.rank, channels)
+            if vector is None:
+                return False
+            args = (value, vector) if position == 0 else (vector, value)
+            with np.errstate(all="ignore"):
+                value = _BINARY[node.op](*args).astype(np.float32)
+            chain.append((node, position, operand, None))
+        elif node.op == "BatchNormalization" and match.small.op == "Conv":
+            params = [_constant_value(t) for t in node.inputs[1:5]]
+            if len(node.outputs) != 1 or any(p is None or p.shape != (channels,) for p in params):
+                return False
+            scale, shift, mean, var = params
+            eps = np.float32(node.attrs.get("epsilon", 1e-5))
+            value = ((value - mean) / np.sqrt(var + eps) * scale + shift).astype(np.float32)
+            chain.append((node, 0, None, "bn"))
+        else:
+            return False
+        if len(node.outputs) != 1:
+            return False
+        tensor = node.outputs[0]
+    if not np.all(np.isfinite(value[removed])):
+        return False
+    carried = np.where(removed, value, 0).astype(np.float32)
+    contribution = _consumer_contribution(consumer, carried, match)
+    if contribution is None:
+        return False
+    _apply_fold(graph, match, chain, consumer, removed, contribution)
+    return True
+
+
+def _consumer_contribution(
+    consumer: gs.Node, carried: np.ndarray, match: _Restore
+) -> np.ndarray | None:
+    """The removed channels' share of the consumer's output ([outputs]); None: cannot fold."""
+    weight = _constant_value(consumer.inputs[1])
+    if weight is None or weight.dtype != np.float32:
+        return None
+    channels = carried.size
+    if consumer.op == "Conv":
+        if match.small.op != "Conv" or weight.ndim != 4 or weight.shape[1] != channels:
+            return None
+        if int(consumer.attrs.get("group", 1)) != 1:
+            return None
+        contribution = np.einsum("ocij,c->o", weight, carried)
+        auto_pad = consumer.attrs.get("auto_pad", "NOTSET")
+        padded = any(consumer.attrs.get("pads", [0])) or auto_pad not in ("NOTSET", "VALID")
+        if padded and np.any(carried):
+            return None
+        return contribution.astype(np.float32)
+    if match.small.op == "Conv" or weight.ndim != 2:
+        return None
+    if consumer.op == "Gemm":
+        if consumer.attrs.get("transA", 0):
+            return None
+        b = weight.T if consumer.attrs.get("transB", 0) else weight
+        if b.shape[0] != channels:
+            return None
+        return (np.float32(consumer.attrs.get("alpha", 1.0)) * (carried @ b)).astype(np.float32)
+    if weight.shape[0] != channels:
+        return None
+    return (carried @ weight).astype(np.float32)
+
+
+def _apply_fold(
+    graph: gs.Graph, match: _Restore, chain: list, consumer: gs.Node, removed: np.ndarray,
+    contribution: np.ndarray,
+) -> None:
+    build = _Builder(graph)
+    small, keep, kept = match.small, match.keep, match.kept
+    prefix = small.name
+    # 1. The producer computes only its kept channels (drop the zero slot) and writes the chain.
+    axis = 0 if small.op == "Conv" else 1
+    weight = _constant_value(small.inputs[1])
+    small.inputs[1] = build.const(f"{prefix}/folded_weight", np.take(weight, range(keep), axis))
+    if len(small.inputs) > 2:
+        bias = _constant_value(small.inputs[2])
+        if bias.size > 1:
+            small.inputs[2] = build.const(f"{prefix}/folded_bias", bias.reshape(-1)[:keep])
+    small_out = small.outputs[0]
+    for node in match.restore_nodes:
+        node.inputs.clear()
+        node.outputs.clear()
+    if match.bias_add is not None:
+        bias = _constant_value(match.bias_add.inputs[1])
+        match.bias_add.inputs[0] = small_out
+        match.bias_add.inputs[1] = build.const(
+            f"{prefix}/folded_full_bias", np.take(bias, kept, axis=0))
+    else:
+        small.outputs[0] = match.output
+    # 2. Per-channel constants on the chain keep the kept channels; shapes there change.
+    match.output.shape = None
+    for node, position, operand, kind in chain:
+        if kind == "bn":
+            for i in range(1, 5):
+                node.inputs[i] = build.const(
+                    f"{node.name}/folded_param", _constant_value(node.inputs[i])[kept])
+        elif operand is not None:
+            full = operand.reshape((1,) * (match.rank - operand.ndim) + operand.shape)
+            if full.shape[match.axis] == removed.size:
+                node.inputs[1 - position] = build.const(
+                    f"{node.name}/folded_operand", np.take(full, kept, axis=match.axis))
+        node.outputs[0].shape = None
+    # 3. The consumer drops the removed input channels and absorbs their constant output.
+    weight = _constant_value(consumer.inputs[1])
+    name = consumer.name
+    if consumer.op == "Conv":
+        consumer.inputs[1] = build.const(f"{name}/folded_weight", weight[:, kept])
+        if np.any(contribution):
+            old = _constant_value(consumer.inputs[2]) if len(consumer.inputs) > 2 else None
+            new = contribution if old is None else old + contribution
+            bias = build.const(f"{name}/folded_bias", new.astype(np.float32))
+            if len(consumer.inputs) > 2:
+                consumer.inputs[2] = bias
+            else:
+                consumer.inputs.append(bias)
+        return
+    if consumer.op == "Gemm":
+        trans_b = consumer.attrs.get("transB", 0)
+        consumer.inputs[1] = build.const(
+            f"{name}/folded_weight", weight[:, kept] if trans_b else weight[kept])
+        if np.any(contribution):
+            beta = float(consumer.attrs.get("beta", 1.0))
+            old = _constant_value(consumer.inputs[2]) if len(consumer.inputs) > 2 else None
+            if old is None or beta == 0.0:
+                new, consumer.attrs["beta"] = contribution, 1.0
+            else:
+                new = old + contribution / np.float32(beta)
+            c = build.const(f"{name}/folded_c", new.astype(np.float32))
+            if len(consumer.inputs) > 2:
+                consumer.inputs[2] = c
+            else:
+                consumer.inputs.append(c)
+        return
+    consumer.inputs[1] = build.const(f"{name}/folded_weight", weight[kept])
+    if np.any(contribution) and match.rank == 2:
+        # A 2-D MatMul becomes a Gemm with C, so a restore of its own still matches later.
+        consumer.op = "Gemm"
+        consumer.attrs.clear()
+        consumer.inputs.append(build.const(f"{name}/folded_c", contribution))
+    elif np.any(contribution):
+        out = consumer.outputs[0]
+        mid = build.var(f"{name}/folded_out")
+        consumer.outputs[0] = mid
+        build.node("Add", f"{name}/folded_bias", [mid, build.const(f"{name}/folded_bias",
+                                                                    contribution)], out)

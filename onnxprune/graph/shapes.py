@@ -87,10 +87,12 @@ def bind_input_shapes(
         requested: user-given shapes by input name (from :func:`parse_shape_specs`).
 
     Returns:
-        Concrete input specs; symbolic dims shared between inputs (same ``dim_param``) get one value.
+        Concrete input specs; symbolic dims shared between inputs (same ``dim_param``) get one
+        value.
 
     Raises:
-        UserError: a requested name is not an input, its rank differs, or it contradicts a fixed dim.
+        UserError: a requested name is not an input, its rank differs, or it contradicts a
+            fixed dim.
     """
     inputs = graph_inputs(model)
     names = [i.name for i in inputs]
@@ -126,12 +128,16 @@ def bind_input_shapes(
     for value in inputs:
         tensor_type = value.type.tensor_type
         if not value.type.HasField("tensor_type"):
-            raise UserError(f"input {value.name!r} is not a tensor; only tensor inputs are supported")
+            raise UserError(
+                f"input {value.name!r} is not a tensor; only tensor inputs are supported"
+            )
         if value.name in requested:
             bound.append(InputSpec(value.name, tensor_type.elem_type, requested[value.name]))
             continue
         if not tensor_type.HasField("shape"):
-            raise UserError(f"input {value.name!r} has no declared shape: pass --shape {value.name}=...")
+            raise UserError(
+                f"input {value.name!r} has no declared shape: pass --shape {value.name}=..."
+            )
         shape: list[int] = []
         for axis, dim in enumerate(tensor_type.shape.dim):
             if dim.HasField("dim_value") and dim.dim_value > 0:

@@ -77,4 +77,6 @@ def render_inspect(console: Console, report: dict) -> None:
                             s["reason"])
         console.print(skipped)
     if not report["candidates"]:
-        console.print("[yellow]no prunable node found[/yellow]: nothing in this model can be pruned")
+        console.print(
+            "[yellow]no prunable node found[/yellow]: nothing in this model can be pruned"
+        )

@@ -77,7 +77,9 @@ def render_report(console: Console, report: Report) -> None:
     before = sum(layer.weights_before for layer in report.layers)
     after = sum(layer.weights_after for layer in report.layers)
     if before:
-        console.print(f"prunable weights: {before:,} -> {after:,} ({1 - after / before:.1%} removed)")
+        console.print(
+            f"prunable weights: {before:,} -> {after:,} ({1 - after / before:.1%} removed)"
+        )
     if report.quality:
         q = report.quality
         line = f"calibration output nMSE vs dense: {q['output_nmse']:.4g}"
