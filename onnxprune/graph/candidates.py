@@ -170,6 +170,13 @@ class _ConstantResolver:
             t.name: t for t in model.graph.initializer if t.name not in graph_inputs
         }
         self.overridable = {t.name for t in model.graph.initializer if t.name in graph_inputs}
+        self.graph_input_names = graph_inputs - self.overridable
+        # Nodes are topologically sorted (an ONNX requirement), so one forward pass finds every
+        # tensor computed from a graph input.
+        self._activations = set(self.graph_input_names) | self.overridable
+        for node in model.graph.node:
+            if any(i in self._activations for i in node.input if i):
+                self._activations.update(node.output)
         self.producers = {out: node for node in model.graph.node for out in node.output}
         self._cache: dict[str, np.ndarray] = {}
 
@@ -202,6 +209,10 @@ class _ConstantResolver:
         if name not in self._cache:
             self._cache[name] = numpy_helper.to_array(self.initializers[name])
         return self._cache[name]
+
+    def depends_on_inputs(self, name: str) -> bool:
+        """Whether tensor ``name`` is computed from a graph input (an activation)."""
+        return name in self._activations
 
     def producer_op(self, name: str) -> str | None:
         node = self.producers.get(name)
@@ -422,6 +433,9 @@ def _analyse_node(
             return skip("weight is quantized (DequantizeLinear of an integer tensor)")
         if act_info is not None and node.op_type == "MatMul":
             return skip("the constant is the left operand (Y = W·X); only X·W is supported")
+        if resolver.depends_on_inputs(weight_name):
+            return skip("both operands are computed at run time (activation x activation, "
+                        "e.g. attention scores): there is no weight to prune")
         return skip("weight is computed at run time" + (f" (by {producer})" if producer else ""))
     if act_info is not None:
         return skip("both operands are constant (fold constants first)")

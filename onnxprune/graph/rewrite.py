@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
+import scipy.special
 
 from onnxprune.graph.candidates import Candidate, NodeSite
 
@@ -118,24 +119,37 @@ def _add_bias(
     build.node("Add", f"{prefix}/bias", [y, bias], out)
 
 
-def _leading_dims_target(
-    build: _Builder, prefix: str, x: gs.Tensor, last: int
-) -> gs.Variable:
+def _leading_dims_target(build: _Builder, prefix: str, x: gs.Tensor, last: int) -> gs.Variable:
     """A Reshape target ``Shape(x)[:-1] + [last]`` computed at run time (keeps dynamic dims)."""
     if build.graph.opset >= 15:
-        lead = build.node("Shape", f"{prefix}/shape", [x], f"{prefix}/lead_dims",
-                          {"start": 0, "end": -1}, dtype=_INT)
+        lead = build.node(
+            "Shape",
+            f"{prefix}/shape",
+            [x],
+            f"{prefix}/lead_dims",
+            {"start": 0, "end": -1},
+            dtype=_INT,
+        )
     else:
         shape = build.node("Shape", f"{prefix}/shape", [x], f"{prefix}/shape", dtype=_INT)
         lead = build.node(
-            "Slice", f"{prefix}/lead", [
-                shape, build.const(f"{prefix}/start", np.array([0], _INT)),
+            "Slice",
+            f"{prefix}/lead",
+            [
+                shape,
+                build.const(f"{prefix}/start", np.array([0], _INT)),
                 build.const(f"{prefix}/end", np.array([-1], _INT)),
-            ], f"{prefix}/lead_dims", dtype=_INT,
+            ],
+            f"{prefix}/lead_dims",
+            dtype=_INT,
         )
     return build.node(
-        "Concat", f"{prefix}/target", [lead, build.const(f"{prefix}/last", np.array([last], _INT))],
-        f"{prefix}/target", {"axis": 0}, dtype=_INT,
+        "Concat",
+        f"{prefix}/target",
+        [lead, build.const(f"{prefix}/last", np.array([last], _INT))],
+        f"{prefix}/target",
+        {"axis": 0},
+        dtype=_INT,
     )
 
 
@@ -226,8 +240,7 @@ def block_gather_matmul(
         h = build.node("Reshape", f"{p}/block_split", [x, split], f"{p}/x_blocks")
         h = build.node("Gather", f"{p}/block_gather", [h, flat_index], f"{p}/x_kept", {"axis": 1})
         h = build.node("Reshape", f"{p}/block_group", [h, grouped], f"{p}/x_grouped")
-        h = build.node("Transpose", f"{p}/group_first", [h], f"{p}/x_by_group",
-                       {"perm": [1, 0, 2]})
+        h = build.node("Transpose", f"{p}/group_first", [h], f"{p}/x_by_group", {"perm": [1, 0, 2]})
         h = build.node("MatMul", f"{p}/block_matmul", [h, weight], f"{p}/y_by_group")
         h = build.node("Transpose", f"{p}/rows_first", [h], f"{p}/y_rows", {"perm": [1, 0, 2]})
         target = flat_out if rank == 2 else _leading_dims_target(build, p, x, n_dim)
@@ -340,14 +353,20 @@ def channel_restore(
         p = site.node
         extra = [small_bias] if small_bias is not None else []
         if candidate.op == "Conv":
-            h = build.node("Conv", f"{p}/kept_conv", [x, small_weight, *extra], f"{p}/y_kept",
-                           _conv_attrs(candidate, 1))
+            h = build.node(
+                "Conv",
+                f"{p}/kept_conv",
+                [x, small_weight, *extra],
+                f"{p}/y_kept",
+                _conv_attrs(candidate, 1),
+            )
             h = build.node("Gather", f"{p}/restore", [h, index], f"{p}/y", {"axis": 1})
         else:
             if candidate.op == "Gemm":
                 attrs = {"transA": int(candidate.attrs.get("trans_a", 0))}
-                h = build.node("Gemm", f"{p}/kept_gemm", [x, small_weight, *extra],
-                               f"{p}/y_kept", attrs)
+                h = build.node(
+                    "Gemm", f"{p}/kept_gemm", [x, small_weight, *extra], f"{p}/y_kept", attrs
+                )
                 rank = 2
             else:
                 h = build.node("MatMul", f"{p}/kept_matmul", [x, small_weight], f"{p}/y_kept")
@@ -356,8 +375,7 @@ def channel_restore(
                     h = build.node("Add", f"{p}/kept_bias", [h, small_bias], f"{p}/y_kept_b")
             perm = [rank - 1, *range(rank - 1)]
             back = [*range(1, rank), 0]
-            h = build.node("Transpose", f"{p}/channels_first", [h], f"{p}/y_kept_t",
-                           {"perm": perm})
+            h = build.node("Transpose", f"{p}/channels_first", [h], f"{p}/y_kept_t", {"perm": perm})
             h = build.node("Gather", f"{p}/restore", [h, index], f"{p}/y_t", {"axis": 0})
             h = build.node("Transpose", f"{p}/channels_last", [h], f"{p}/y", {"perm": back})
         _add_bias(build, p, h, full_bias, out)
@@ -373,13 +391,17 @@ _UNARY = {
     "Tanh": lambda v, node: np.tanh(v),
     "Neg": lambda v, node: -v,
     "Abs": lambda v, node: np.abs(v),
+    "Exp": lambda v, node: np.exp(v),
+    "Erf": lambda v, node: scipy.special.erf(v),
 }
 _BINARY = {
     "Add": np.add,
     "Sub": np.subtract,
     "Mul": np.multiply,
     "Div": np.divide,
+    "Pow": np.power,
 }
+_SINKS = ("MatMul", "Gemm", "Conv")
 
 
 def _constant_value(tensor: gs.Tensor) -> np.ndarray | None:
@@ -402,9 +424,18 @@ def _single_consumer(tensor: gs.Tensor, graph: gs.Graph) -> gs.Node | None:
 class _Restore:
     """A matched ``channel_restore`` subgraph (see :func:`fold_channel_restores`)."""
 
-    def __init__(self, small: gs.Node, keep: int, kept: np.ndarray, axis: int, rank: int,
-                 restore_nodes: list[gs.Node], bias_add: gs.Node | None, output: gs.Variable,
-                 removed_value: np.ndarray) -> None:
+    def __init__(
+        self,
+        small: gs.Node,
+        keep: int,
+        kept: np.ndarray,
+        axis: int,
+        rank: int,
+        restore_nodes: list[gs.Node],
+        bias_add: gs.Node | None,
+        output: gs.Variable,
+        removed_value: np.ndarray,
+    ) -> None:
         self.small, self.keep, self.kept = small, keep, kept
         self.axis, self.rank = axis, rank
         self.restore_nodes, self.bias_add, self.output = restore_nodes, bias_add, output
@@ -478,8 +509,17 @@ def _match_restore(gather: gs.Node, graph: gs.Graph) -> _Restore | None:
             bias_add = consumer
             removed_value = bias.reshape(-1).astype(np.float32)
             tail = consumer.outputs[0]
-    return _Restore(small, keep, kept_positions, 1 if small.op == "Conv" else rank - 1, rank,
-                    nodes, bias_add, tail, removed_value)
+    return _Restore(
+        small,
+        keep,
+        kept_positions,
+        1 if small.op == "Conv" else rank - 1,
+        rank,
+        nodes,
+        bias_add,
+        tail,
+        removed_value,
+    )
 
 
 def _channel_vector(value: np.ndarray, axis: int, rank: int, channels: int) -> np.ndarray | None:
@@ -494,17 +534,19 @@ def _channel_vector(value: np.ndarray, axis: int, rank: int, channels: int) -> n
 
 
 def fold_channel_restores(graph: gs.Graph) -> int:
-    """Shrink the consumer of a channel-pruned node instead of restoring the full output.
+    """Shrink the consumers of a channel-pruned node instead of restoring its full output.
 
-    For every restore built by :func:`channel_restore` whose output reaches exactly one MatMul,
-    Gemm or Conv with a constant weight through a chain of single-consumer elementwise ops
-    (Add/Sub/Mul/Div with a scalar or per-channel constant, Relu, LeakyRelu, Sigmoid, Tanh, Neg,
-    Abs, Identity, BatchNormalization), the restore is removed: the producer keeps its ``keep``
-    channels, per-channel constants on the chain are gathered, the consumer's weight loses the
-    removed input channels, and the constant those channels carried (``f(bias)``) is folded into
-    the consumer's bias. A Conv consumer with padding accepts this only when that constant is 0
-    (padding makes its contribution position-dependent). Residual branches (several consumers),
-    graph outputs and anything else keep the plain restore, which is always exact.
+    A restore built by :func:`channel_restore` is folded when everything between it and the next
+    MatMul / Gemm / Conv consumers (constant weight, reading the path as their activation) is a
+    region of elementwise ops: Add/Sub/Mul/Div/Pow with scalar or per-channel constants or with
+    each other (so a GELU exported as Div/Erf/Add/Mul/Mul qualifies), Relu, LeakyRelu, Sigmoid,
+    Tanh, Neg, Abs, Exp, Erf, Identity, and BatchNormalization after a Conv. The restore is then
+    removed: the producer keeps its ``keep`` channels, per-channel constants in the region are
+    gathered, every consumer's weight loses the removed input channels, and the constant those
+    channels carried (``f(bias)``, evaluated through the region) is folded into the consumer's
+    bias. A padded Conv consumer accepts this only when that constant is 0 (padding makes its
+    contribution position-dependent). Residual Adds with other tensors, Concats, graph outputs and
+    any other op keep the plain restore, which is always exact.
 
     Args:
         graph: the graph after materialization, changed in place (run ``cleanup()`` after).
@@ -524,54 +566,109 @@ def fold_channel_restores(graph: gs.Graph) -> int:
     return folded
 
 
-def _fold(graph: gs.Graph, match: _Restore) -> bool:
+class _Region:
+    """The elementwise nodes between a restore and its consumers, with the value each tensor
+    holds in the removed channels."""
+
+    def __init__(self) -> None:
+        self.nodes: list[gs.Node] = []  # in evaluation order
+        self.values: dict[str, np.ndarray] = {}  # tensor name -> [channels]
+        self.sinks: list[tuple[gs.Node, str]] = []  # consumer, name of its activation tensor
+
+
+def _region(graph: gs.Graph, match: _Restore) -> _Region | None:
+    """Walk forward from the restore; None when anything but the supported ops is reached."""
     channels = match.removed_value.size
-    removed = np.ones(channels, dtype=bool)
-    removed[match.kept] = False
-    value = match.removed_value.copy()
-    chain: list[tuple[gs.Node, int, np.ndarray | None, str | None]] = []
-    tensor = match.output
-    while True:
-        node = _single_consumer(tensor, graph)
-        if node is None:
-            return False
-        if node.op in ("MatMul", "Gemm", "Conv") and node.inputs[0] is tensor:
-            consumer = node
-            break
-        if node.op in _UNARY:
-            value = _UNARY[node.op](value, node)
-            chain.append((node, 0, None, None))
-        elif node.op in _BINARY and len(node.inputs) == 2:
-            position = 0 if node.inputs[0] is tensor else 1
-            operand = _constant_value(node.inputs[1 - position])
-            vector = None if operand is None else _channel_vector(
-                operand, match.axis, match.rank, channels)
-            if vector is None:
-                return False
-            args = (value, vector) if position == 0 else (vector, value)
-            with np.errstate(all="ignore"):
-                value = _BINARY[node.op](*args).astype(np.float32)
-            chain.append((node, position, operand, None))
-        elif node.op == "BatchNormalization" and match.small.op == "Conv":
+    region = _Region()
+    region.values[match.output.name] = match.removed_value.copy()
+    frontier = [match.output]
+    pending: dict[str, gs.Node] = {}
+    while frontier or pending:
+        progressed = False
+        while frontier:
+            tensor = frontier.pop()
+            if tensor in graph.outputs or not tensor.outputs:
+                return None
+            for node in tensor.outputs:
+                if (
+                    node.op in _SINKS
+                    and node.inputs[0] is tensor
+                    and len(node.inputs) > 1
+                    and (node.inputs[1].name not in region.values)
+                ):
+                    if all(sink is not node for sink, _ in region.sinks):
+                        region.sinks.append((node, tensor.name))
+                    continue
+                pending[node.name] = node
+        for name, node in list(pending.items()):
+            if not all(
+                t.name in region.values or _constant_value(t) is not None for t in node.inputs
+            ):
+                continue  # wait for its other region input
+            value = _evaluate(node, region.values, match, channels)
+            if value is None or len(node.outputs) != 1:
+                return None
+            region.values[node.outputs[0].name] = value
+            region.nodes.append(node)
+            frontier.append(node.outputs[0])
+            del pending[name]
+            progressed = True
+        if not frontier and pending and not progressed:
+            return None  # a node reads a run-time tensor from outside the region
+    return region if region.sinks else None
+
+
+def _evaluate(
+    node: gs.Node, values: dict[str, np.ndarray], match: _Restore, channels: int
+) -> np.ndarray | None:
+    """The removed-channel value of ``node``'s output, or None if the op is not foldable."""
+
+    def operand(tensor: gs.Tensor) -> np.ndarray | None:
+        if tensor.name in values:
+            return values[tensor.name]
+        constant = _constant_value(tensor)
+        if constant is None:
+            return None
+        return _channel_vector(constant, match.axis, match.rank, channels)
+
+    with np.errstate(all="ignore"):
+        if node.op in _UNARY and len(node.inputs) == 1:
+            return _UNARY[node.op](values[node.inputs[0].name], node).astype(np.float32)
+        if node.op in _BINARY and len(node.inputs) == 2:
+            a, b = operand(node.inputs[0]), operand(node.inputs[1])
+            if a is None or b is None:
+                return None
+            return _BINARY[node.op](a, b).astype(np.float32)
+        if node.op == "BatchNormalization" and match.small.op == "Conv":
             params = [_constant_value(t) for t in node.inputs[1:5]]
-            if len(node.outputs) != 1 or any(p is None or p.shape != (channels,) for p in params):
-                return False
+            if node.inputs[0].name not in values or any(
+                p is None or p.shape != (channels,) for p in params
+            ):
+                return None
             scale, shift, mean, var = params
             eps = np.float32(node.attrs.get("epsilon", 1e-5))
-            value = ((value - mean) / np.sqrt(var + eps) * scale + shift).astype(np.float32)
-            chain.append((node, 0, None, "bn"))
-        else:
-            return False
-        if len(node.outputs) != 1:
-            return False
-        tensor = node.outputs[0]
-    if not np.all(np.isfinite(value[removed])):
+            x = values[node.inputs[0].name]
+            return ((x - mean) / np.sqrt(var + eps) * scale + shift).astype(np.float32)
+    return None
+
+
+def _fold(graph: gs.Graph, match: _Restore) -> bool:
+    region = _region(graph, match)
+    if region is None:
         return False
-    carried = np.where(removed, value, 0).astype(np.float32)
-    contribution = _consumer_contribution(consumer, carried, match)
-    if contribution is None:
-        return False
-    _apply_fold(graph, match, chain, consumer, removed, contribution)
+    removed = np.ones(match.removed_value.size, dtype=bool)
+    removed[match.kept] = False
+    contributions = []
+    for sink, tensor_name in region.sinks:
+        carried = region.values[tensor_name]
+        if not np.all(np.isfinite(carried[removed])):
+            return False
+        carried = np.where(removed, carried, 0).astype(np.float32)
+        contribution = _consumer_contribution(sink, carried, match)
+        if contribution is None:
+            return False
+        contributions.append(contribution)
+    _apply_fold(graph, match, region, removed, contributions)
     return True
 
 
@@ -579,8 +676,10 @@ def _consumer_contribution(
     consumer: gs.Node, carried: np.ndarray, match: _Restore
 ) -> np.ndarray | None:
     """The removed channels' share of the consumer's output ([outputs]); None: cannot fold."""
+    if any(_constant_value(t) is None for t in consumer.inputs[1:]):
+        return None  # weight and bias must be constants (not tensors of the region)
     weight = _constant_value(consumer.inputs[1])
-    if weight is None or weight.dtype != np.float32:
+    if weight.dtype != np.float32:
         return None
     channels = carried.size
     if consumer.op == "Conv":
@@ -609,13 +708,16 @@ def _consumer_contribution(
 
 
 def _apply_fold(
-    graph: gs.Graph, match: _Restore, chain: list, consumer: gs.Node, removed: np.ndarray,
-    contribution: np.ndarray,
+    graph: gs.Graph,
+    match: _Restore,
+    region: _Region,
+    removed: np.ndarray,
+    contributions: list[np.ndarray],
 ) -> None:
     build = _Builder(graph)
     small, keep, kept = match.small, match.keep, match.kept
     prefix = small.name
-    # 1. The producer computes only its kept channels (drop the zero slot) and writes the chain.
+    # 1. The producer computes only its kept channels (drop the zero slot), no restore.
     axis = 0 if small.op == "Conv" else 1
     weight = _constant_value(small.inputs[1])
     small.inputs[1] = build.const(f"{prefix}/folded_weight", np.take(weight, range(keep), axis))
@@ -631,23 +733,34 @@ def _apply_fold(
         bias = _constant_value(match.bias_add.inputs[1])
         match.bias_add.inputs[0] = small_out
         match.bias_add.inputs[1] = build.const(
-            f"{prefix}/folded_full_bias", np.take(bias, kept, axis=0))
+            f"{prefix}/folded_full_bias", np.take(bias, kept, axis=0)
+        )
     else:
         small.outputs[0] = match.output
-    # 2. Per-channel constants on the chain keep the kept channels; shapes there change.
+    # 2. Per-channel constants in the region keep the kept channels; shapes there change.
     match.output.shape = None
-    for node, position, operand, kind in chain:
-        if kind == "bn":
-            for i in range(1, 5):
-                node.inputs[i] = build.const(
-                    f"{node.name}/folded_param", _constant_value(node.inputs[i])[kept])
-        elif operand is not None:
-            full = operand.reshape((1,) * (match.rank - operand.ndim) + operand.shape)
+    for node in region.nodes:
+        for i, tensor in enumerate(node.inputs):
+            constant = _constant_value(tensor)
+            if constant is None or constant.size == 1:
+                continue
+            if node.op == "BatchNormalization":
+                node.inputs[i] = build.const(f"{node.name}/folded_param", constant[kept])
+                continue
+            full = constant.reshape((1,) * (match.rank - constant.ndim) + constant.shape)
             if full.shape[match.axis] == removed.size:
-                node.inputs[1 - position] = build.const(
-                    f"{node.name}/folded_operand", np.take(full, kept, axis=match.axis))
+                node.inputs[i] = build.const(
+                    f"{node.name}/folded_operand", np.take(full, kept, axis=match.axis)
+                )
         node.outputs[0].shape = None
-    # 3. The consumer drops the removed input channels and absorbs their constant output.
+    # 3. Each consumer drops the removed input channels and absorbs their constant output.
+    for (sink, _), contribution in zip(region.sinks, contributions, strict=True):
+        _shrink_consumer(build, sink, kept, contribution, match.rank)
+
+
+def _shrink_consumer(
+    build: _Builder, consumer: gs.Node, kept: np.ndarray, contribution: np.ndarray, rank: int
+) -> None:
     weight = _constant_value(consumer.inputs[1])
     name = consumer.name
     if consumer.op == "Conv":
@@ -664,7 +777,8 @@ def _apply_fold(
     if consumer.op == "Gemm":
         trans_b = consumer.attrs.get("transB", 0)
         consumer.inputs[1] = build.const(
-            f"{name}/folded_weight", weight[:, kept] if trans_b else weight[kept])
+            f"{name}/folded_weight", weight[:, kept] if trans_b else weight[kept]
+        )
         if np.any(contribution):
             beta = float(consumer.attrs.get("beta", 1.0))
             old = _constant_value(consumer.inputs[2]) if len(consumer.inputs) > 2 else None
@@ -679,7 +793,7 @@ def _apply_fold(
                 consumer.inputs.append(c)
         return
     consumer.inputs[1] = build.const(f"{name}/folded_weight", weight[kept])
-    if np.any(contribution) and match.rank == 2:
+    if np.any(contribution) and rank == 2:
         # A 2-D MatMul becomes a Gemm with C, so a restore of its own still matches later.
         consumer.op = "Gemm"
         consumer.attrs.clear()
@@ -688,5 +802,5 @@ def _apply_fold(
         out = consumer.outputs[0]
         mid = build.var(f"{name}/folded_out")
         consumer.outputs[0] = mid
-        build.node("Add", f"{name}/folded_bias", [mid, build.const(f"{name}/folded_bias",
-                                                                    contribution)], out)
+        bias = build.const(f"{name}/folded_bias", contribution)
+        build.node("Add", f"{name}/folded_bias", [mid, bias], out)
