@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.graph.candidates import Candidate
 from onnxprune.graph.load import stamp_ir_version
+from onnxprune.graph.rewrite import fold_channel_restores
 from onnxprune.layouts.base import PrunedWeight
 from onnxprune.layouts.registry import get_layout
 
@@ -38,6 +39,12 @@ def materialize(
             continue
         get_layout(solution.option.layout).materialize(graph, cand, solution)
     graph.cleanup().toposort()
+    # Where a pruned channel's restore feeds another prunable node through elementwise ops only,
+    # shrink that consumer instead of restoring the shape (exact; see rewrite.py).
+    folded = fold_channel_restores(graph)
+    if folded:
+        logger.info("folded %d channel restore(s) into their consumers", folded)
+        graph.cleanup().toposort()
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
     for prop in model.metadata_props:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -421,25 +422,30 @@ def _single_consumer(tensor: gs.Tensor, graph: gs.Graph) -> gs.Node | None:
     return tensor.outputs[0]
 
 
+@dataclass
 class _Restore:
-    """A matched ``channel_restore`` subgraph (see :func:`fold_channel_restores`)."""
+    """A matched :func:`channel_restore` subgraph (see :func:`fold_channel_restores`).
 
-    def __init__(
-        self,
-        small: gs.Node,
-        keep: int,
-        kept: np.ndarray,
-        axis: int,
-        rank: int,
-        restore_nodes: list[gs.Node],
-        bias_add: gs.Node | None,
-        output: gs.Variable,
-        removed_value: np.ndarray,
-    ) -> None:
-        self.small, self.keep, self.kept = small, keep, kept
-        self.axis, self.rank = axis, rank
-        self.restore_nodes, self.bias_add, self.output = restore_nodes, bias_add, output
-        self.removed_value = removed_value  # [N]: what every channel holds if it were removed
+    Attributes:
+        small: the node computing the kept channels plus the zero slot.
+        keep: number of kept channels (the zero slot is channel ``keep`` of ``small``).
+        kept: [keep] original channel of each kept one, ascending.
+        axis, rank: channel axis and rank of the restored tensor.
+        restore_nodes: the Transpose/Gather nodes that restore the shape.
+        bias_add: the Add of the full bias after the restore, if any.
+        output: the restored tensor (the original node's output, or the bias Add's).
+        removed_value: [N] what a removed channel holds in ``output`` (its bias, or 0).
+    """
+
+    small: gs.Node
+    keep: int
+    kept: np.ndarray
+    axis: int
+    rank: int
+    restore_nodes: list[gs.Node]
+    bias_add: gs.Node | None
+    output: gs.Variable
+    removed_value: np.ndarray
 
 
 def _match_restore(gather: gs.Node, graph: gs.Graph) -> _Restore | None:
@@ -566,14 +572,19 @@ def fold_channel_restores(graph: gs.Graph) -> int:
     return folded
 
 
+@dataclass
 class _Region:
-    """The elementwise nodes between a restore and its consumers, with the value each tensor
-    holds in the removed channels."""
+    """The elementwise nodes between a restore and its consumers.
 
-    def __init__(self) -> None:
-        self.nodes: list[gs.Node] = []  # in evaluation order
-        self.values: dict[str, np.ndarray] = {}  # tensor name -> [channels]
-        self.sinks: list[tuple[gs.Node, str]] = []  # consumer, name of its activation tensor
+    Attributes:
+        nodes: the region's nodes, in evaluation order.
+        values: tensor name -> [N] value the removed channels hold in that tensor.
+        sinks: (consumer node, name of the region tensor it reads as its activation).
+    """
+
+    nodes: list[gs.Node] = field(default_factory=list)
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    sinks: list[tuple[gs.Node, str]] = field(default_factory=list)
 
 
 def _region(graph: gs.Graph, match: _Restore) -> _Region | None:

@@ -1,0 +1,97 @@
+"""The channel layout: whole output neurons (MatMul/Gemm columns) or Conv output channels removed.
+
+The node computes only its kept outputs; the original output shape is restored by a Gather over
+the channel axis that maps removed channels to a zero channel, plus the full bias
+(:func:`~onnxprune.graph.rewrite.channel_restore`), so every consumer (residual Adds and Concats
+included) sees exactly the masked-dense output.
+:func:`~onnxprune.graph.rewrite.fold_channel_restores` can afterwards shrink the consumer instead
+where the path allows it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from onnxprune.graph import rewrite
+from onnxprune.layouts.base import (
+    ALL_PROVIDERS,
+    DEFAULT_LEVELS,
+    LayoutOption,
+    PrunedWeight,
+    from_rows,
+)
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
+
+    from onnxprune.graph.candidates import Candidate
+    from onnxprune.reconstruct.obs import ObsSolver
+
+logger = logging.getLogger("onnxprune")
+
+
+class Channel:
+    """Output-channel pruning, materialized as a smaller node plus a shape-restoring Gather."""
+
+    name: ClassVar[str] = "channel"
+    fast_on: ClassVar[frozenset[str]] = ALL_PROVIDERS
+
+    def options(
+        self, candidate: Candidate, levels: Iterable[float] = DEFAULT_LEVELS
+    ) -> tuple[list[LayoutOption], str | None]:
+        """One option per distinct ``keep = round((1 − level)·N)`` in [1, N − 1].
+
+        The option's level is exact (``1 − keep/N``) and its params are ``(("keep", keep),)``.
+        """
+        outputs = candidate.output_dim
+        if outputs < 2:
+            return [], f"only {outputs} output channel: nothing can be removed"
+        options: list[LayoutOption] = []
+        seen: set[int] = set()
+        for level in levels:
+            keep = min(max(round((1.0 - level) * outputs), 1), outputs - 1)
+            if keep not in seen:
+                seen.add(keep)
+                options.append(LayoutOption(self.name, 1.0 - keep / outputs, (("keep", keep),)))
+        if not options:
+            return [], "no level given"
+        return options, None
+
+    def solve(self, candidate: Candidate, solver: ObsSolver, option: LayoutOption) -> PrunedWeight:
+        """Keep the ``keep`` outputs with the largest output energy (``solver.solve_channel``)."""
+        solution = solver.solve_channel(option.param("keep"))
+        return PrunedWeight(
+            option,
+            from_rows(candidate, solution.mask),
+            from_rows(candidate, solution.weight),
+            float(solution.err),
+        )
+
+    def materialize(self, graph: gs.Graph, candidate: Candidate, pruned: PrunedWeight) -> None:
+        """Rewrite the nodes to compute the kept channels and restore the full output shape."""
+        kept = kept_channels(candidate, pruned.mask)
+        keep = pruned.option.param("keep")
+        if kept.size > keep:
+            raise ValueError(f"mask keeps {kept.size} channels, more than keep={keep}")
+        if kept.size < keep:  # pad with removed channels (their weight is zero): shapes stay fixed
+            removed = np.setdiff1d(np.arange(candidate.output_dim), kept)
+            kept = np.sort(np.concatenate([kept, removed[: keep - kept.size]]))
+        rewrite.channel_restore(graph, candidate, kept, pruned.weight)
+
+
+def kept_channels(candidate: Candidate, mask: np.ndarray) -> np.ndarray:
+    """Ascending indices of the output channels with any kept weight (canonical ``mask``).
+
+    Raises:
+        ValueError: a removed channel still has non-kept entries mixed with kept ones, i.e. the
+            mask is not a channel mask.
+    """
+    rows = mask.reshape(mask.shape[0], -1) if candidate.op == "Conv" else mask.T
+    any_kept = rows.any(axis=1)
+    if not np.all(rows[any_kept].all(axis=1)):
+        raise ValueError("not a channel mask: some channel is only partly kept")
+    return np.flatnonzero(any_kept).astype(np.int64)

@@ -1,0 +1,79 @@
+"""The N:M layout: ``n`` of every ``m`` consecutive weights along the reduction dim are kept.
+
+Stock ONNX has no N:M operator, so the model keeps the dense node with the pruned weight (masked
+dense). It runs faster only where the runtime exploits the pattern (TensorRT with sparsity enabled
+on Ampere+ GPUs); on the CPU EP it gives compression at best, and the report must say so.
+
+Conv: TensorRT wants the groups along input channels, while the solver's columns run over
+(channel, tap) pairs, so N:M is offered for 1x1 Convs only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+from onnxprune.graph import rewrite
+from onnxprune.layouts.base import DEFAULT_LEVELS, LayoutOption, PrunedWeight, from_rows
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
+
+    from onnxprune.graph.candidates import Candidate
+    from onnxprune.reconstruct.obs import ObsSolver
+
+logger = logging.getLogger("onnxprune")
+
+DEFAULT_PATTERNS: tuple[tuple[int, int], ...] = ((2, 4), (1, 4), (4, 8))
+
+
+class NM:
+    """N:M semi-structured sparsity (kept ``n`` of ``m``), materialized as masked dense.
+
+    Args:
+        patterns: (n, m) pairs offered, n = weights KEPT per group of m.
+    """
+
+    name: ClassVar[str] = "nm"
+    fast_on: ClassVar[frozenset[str]] = frozenset({"TensorrtExecutionProvider"})
+
+    def __init__(self, patterns: Sequence[tuple[int, int]] = DEFAULT_PATTERNS) -> None:
+        for n, m in patterns:
+            if not 1 <= n < m:
+                raise ValueError(f"N:M pattern {n}:{m} needs 1 <= n < m")
+        self.patterns = tuple(patterns)
+
+    def options(
+        self, candidate: Candidate, levels: Iterable[float] = DEFAULT_LEVELS
+    ) -> tuple[list[LayoutOption], str | None]:
+        """One option per pattern whose ``m`` divides K; level ``1 − n/m``.
+
+        ``levels`` is ignored: the patterns fix the levels.
+        """
+        if candidate.op == "Conv" and candidate.weight.shape[2:] != (1, 1):
+            return [], "N:M is offered for 1x1 convs only (TensorRT groups along input channels)"
+        k_dim = candidate.reduction_dim
+        options = [
+            LayoutOption(self.name, 1.0 - n / m, (("m", m), ("n", n)))
+            for n, m in self.patterns
+            if k_dim % m == 0
+        ]
+        if not options:
+            ms = sorted({m for _, m in self.patterns})
+            return [], f"reduction dim K={k_dim} is not a multiple of any M in {ms}"
+        return options, None
+
+    def solve(self, candidate: Candidate, solver: ObsSolver, option: LayoutOption) -> PrunedWeight:
+        """N:M mask picked group by group during the OBS sweep (``solver.solve_nm``)."""
+        solution = solver.solve_nm(option.param("n"), option.param("m"))
+        return PrunedWeight(
+            option,
+            from_rows(candidate, solution.mask),
+            from_rows(candidate, solution.weight),
+            float(solution.err),
+        )
+
+    def materialize(self, graph: gs.Graph, candidate: Candidate, pruned: PrunedWeight) -> None:
+        """Masked dense: the nodes read the pruned weight."""
+        rewrite.replace_weight(graph, candidate, pruned.weight)

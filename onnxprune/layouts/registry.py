@@ -1,0 +1,37 @@
+"""The layouts onnxprune knows, by the name the CLI, the JSON and the report use."""
+
+from __future__ import annotations
+
+from onnxprune.errors import UserError
+from onnxprune.layouts.base import Layout, is_fast_on
+from onnxprune.layouts.block import Block
+from onnxprune.layouts.channel import Channel
+from onnxprune.layouts.dense import Dense
+from onnxprune.layouts.nm import NM
+from onnxprune.layouts.unstructured import Unstructured
+
+LAYOUTS: dict[str, type] = {
+    "dense": Dense,
+    "block": Block,
+    "channel": Channel,
+    "nm": NM,
+    "unstructured": Unstructured,
+}
+
+
+def get_layout(name: str) -> Layout:
+    """A fresh instance of the layout called ``name`` (default settings).
+
+    Raises:
+        UserError: no layout has that name; the message lists the available ones.
+    """
+    try:
+        cls = LAYOUTS[name]
+    except KeyError:
+        raise UserError(f"unknown layout {name!r}; available: {', '.join(LAYOUTS)}") from None
+    return cls()
+
+
+def layouts_fast_on(provider: str) -> list[str]:
+    """Names of the layouts whose materialized form can beat dense on ``provider`` (with dense)."""
+    return [name for name, cls in LAYOUTS.items() if is_fast_on(cls, provider)]
