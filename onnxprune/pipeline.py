@@ -289,17 +289,21 @@ def prune(
     target = config.speedup
     best: tuple[float, dict, onnx.ModelProto, PairResult | None] | None = None
     goal = target
+    coefs = None
     for round_index in range(max(1, config.verify_rounds + 1)):
         layers = problem.layer_choices(database)
         budget = problem.budget_for(goal)
         choice = None
         if score is not None and config.search_budget > 0:
+            # The first round searches in full; tightening rounds refine the coefficients found.
             result = spdy_search(
-                layers, budget, score, seconds=config.search_budget, seed=config.seed,
+                layers, budget, score,
+                seconds=config.search_budget if coefs is None else config.search_budget / 4,
+                seed=config.seed + round_index, initial_coefs=coefs,
                 progress=lambda n, loss: _emit(progress, "searching sensitivities", n, 0),
             )
             if result is not None:
-                choice = result.choice
+                choice, coefs = result.choice, result.coefs
                 report.search = {"evaluations": result.evaluations,
                                  "loss_plain_dp": result.initial_loss, "loss": result.loss}
         else:

@@ -56,6 +56,11 @@ class RuntimeConfig:
     provider: str = "CPUExecutionProvider"
     threads: int | None = None
     provider_options: Mapping[str, str] | None = None
+    # ORT's intra-op threads spin after each run waiting for more work. onnxprune keeps several
+    # sessions alive and alternates between them (A/B pairs, isolated nodes); spinning threads of
+    # one session then steal the cores the other is running on, which on a 2-core machine made
+    # the same model time 0.7x-1.8x against itself. Measurements therefore run without spinning.
+    spinning: bool = False
 
     def providers(self) -> list:
         """Providers list for ``InferenceSession``, always with the CPU fallback last."""
@@ -73,6 +78,9 @@ def session_options(config: RuntimeConfig | None = None) -> ort.SessionOptions:
     if config.threads:
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1
+    if not config.spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options
 
 

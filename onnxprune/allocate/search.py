@@ -41,6 +41,7 @@ def spdy_search(
     max_evaluations: int = 400,
     random_starts: int = 8,
     seed: int = 0,
+    initial_coefs: np.ndarray | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> SearchResult | None:
     """Search coefficients; ``score(choice)`` returns the calibration loss of an allocation.
@@ -53,6 +54,8 @@ def spdy_search(
         max_evaluations: cap on distinct allocations scored.
         random_starts: random coefficient vectors tried after all-ones, before the local search.
         seed: RNG seed.
+        initial_coefs: coefficients found earlier (e.g. at a looser budget); the local search
+            starts from them when they score better than all-ones.
         progress: called with (evaluations, best loss) after each evaluation.
 
     Returns:
@@ -79,6 +82,11 @@ def spdy_search(
         return None
     initial = best_loss
     best_coefs = ones
+    if initial_coefs is not None:
+        choice, loss = evaluate(np.asarray(initial_coefs, dtype=np.float64))
+        if choice is not None and loss < best_loss:
+            best_choice, best_loss, best_coefs = choice, loss, np.asarray(initial_coefs)
+        random_starts = 0
 
     def out_of_budget() -> bool:
         return time.monotonic() >= deadline or len(cache) >= max_evaluations
