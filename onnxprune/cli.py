@@ -171,8 +171,9 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
 @_common_options
 @click.option("--exclude", default=None, metavar="REGEX", help="Never prune nodes matching REGEX.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random choices.")
-@click.option("--search-budget", type=float, default=30.0, show_default=True, metavar="SECONDS",
-              help="Time for SPDY's per-layer sensitivity search (0: plain DP).")
+@click.option("--search-budget", default="30", show_default=True, metavar="SECONDS|Ne",
+              help="SPDY's per-layer sensitivity search: seconds (30) or evaluations (200e); "
+                   "0 for the plain DP.")
 @click.option("--dry-run", is_flag=True, help="Plan and predict the speedup; write nothing.")
 @click.option("--best-effort", is_flag=True,
               help="If the target is missed, still write the fastest model found.")
@@ -183,7 +184,7 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
 def prune(input_path: str, output_path: str, speedup: float | None, sparsity: float | None,
           nm: str | None, layouts: str, calib_dir: Path | None, calib_reader: str | None,
           calib_samples: int, shapes: tuple[str, ...], provider: str, threads: int | None,
-          json_path: str | None, exclude: str | None, seed: int, search_budget: float,
+          json_path: str | None, exclude: str | None, seed: int, search_budget: str,
           dry_run: bool, best_effort: bool, cache_dir: Path | None, quiet: bool,
           verbose: int) -> int:
     """Prune IN to run --speedup S times faster on the provider and write OUT.

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from onnxprune.config import PruneConfig, parse_nm
+from onnxprune.config import PruneConfig, parse_nm, parse_search_budget
 from onnxprune.errors import TargetUnreachableError, UserError
 from onnxprune.graph.shapes import parse_shape_specs
 
@@ -46,12 +46,14 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
     from onnxprune.report.jsonio import write_json
     from onnxprune.report.summary import render_report, report_to_json
 
+    seconds, evaluations = parse_search_budget(search_budget)
     config = PruneConfig(
         speedup=speedup, sparsity=sparsity, nm=parse_nm(nm) if nm else None,
         layouts=_layouts(layouts), provider=provider, threads=threads,
         shapes=parse_shape_specs(shapes), calib_dir=calib_dir, calib_reader=calib_reader,
         calib_samples=calib_samples, exclude=exclude, seed=seed, dry_run=dry_run,
-        best_effort=best_effort, search_budget=search_budget, cache_dir=cache_dir,
+        best_effort=best_effort, search_budget=seconds, search_evaluations=evaluations,
+        cache_dir=cache_dir,
     )
     if calib_dir is not None and not Path(calib_dir).exists():
         raise UserError(f"calibration folder not found: {calib_dir}")

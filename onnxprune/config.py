@@ -38,6 +38,7 @@ class PruneConfig:
         dry_run: plan and predict, write nothing.
         best_effort: when the target is missed, still write the fastest model found.
         search_budget: seconds for SPDY's coefficient search (0 disables it).
+        search_evaluations: cap on allocations the search scores (None: only the time cap).
         verify_rounds: how many times to tighten the budget after a measured miss.
         cache_dir: latency-table cache (None: the user cache folder).
         sequential: feed already-pruned activations forward when collecting statistics.
@@ -59,6 +60,7 @@ class PruneConfig:
     dry_run: bool = False
     best_effort: bool = False
     search_budget: float = 30.0
+    search_evaluations: int | None = None
     verify_rounds: int = 3
     cache_dir: Path | None = None
     sequential: bool = True
@@ -92,3 +94,22 @@ def parse_nm(text: str) -> tuple[int, int]:
     if not match:
         raise UserError(f"bad --nm {text!r}: expected N:M, e.g. 2:4")
     return int(match.group(1)), int(match.group(2))
+
+
+def parse_search_budget(text: str) -> tuple[float, int | None]:
+    """``--search-budget``: seconds (``30``, ``30s``) or evaluations (``200e``, ``200evals``).
+
+    Returns:
+        (seconds, evaluations); an evaluation budget comes with a generous time cap of one hour.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|seconds|e|evals|evaluations)?\s*",
+                         text.lower())
+    if not match:
+        raise UserError(
+            f"bad --search-budget {text!r}: give seconds (e.g. 30 or 30s) or evaluations "
+            "(e.g. 200e)"
+        )
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    if unit.startswith("e"):
+        return (3600.0, int(value)) if value >= 1 else (0.0, None)
+    return value, None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -200,3 +202,26 @@ def test_unnamed_nodes_get_unique_names():
     ensure_node_names(model)
     names = [n.name for n in model.graph.node]
     assert all(names) and len(set(names)) == 2
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.mark.parametrize(("name", "shape", "ops", "skipped"), [
+    ("digits_mlp", (4, 64), {"MatMul": 3}, 0),
+    ("digits_cnn", (4, 1, 8, 8), {"Conv": 3, "Gemm": 2}, 0),
+    # 13 weight MatMuls + the Gemm head; QKᵀ and attention·V (2 per layer) multiply activations.
+    ("digits_transformer", (4, 8, 8), {"MatMul": 13, "Gemm": 1}, 4),
+])
+def test_discovery_on_shipped_models(name, shape, ops, skipped):
+    from collections import Counter
+
+    from onnxprune.graph.load import load_model
+
+    model = ensure_node_names(load_model(SHIPPED / f"{name}.onnx"))
+    analysis = find_candidates(model, bind_input_shapes(model, {"input": shape}))
+    assert Counter(c.op for c in analysis.candidates) == ops
+    assert len(analysis.skipped) == skipped
+    assert all("activation x activation" in s.reason for s in analysis.skipped)
+    assert all(c.sites[0].input_shape[0] == shape[0] for c in analysis.candidates)
+    assert sum(analysis.share(c) for c in analysis.candidates) > 0.95
