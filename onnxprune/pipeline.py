@@ -23,9 +23,9 @@ from onnxprune.allocate.budget import (
     build_problem,
     format_unreachable,
     granularity,
-    loss_function,
 )
 from onnxprune.allocate.dp import solve_dp
+from onnxprune.allocate.loss import loss_function, quality_summary
 from onnxprune.allocate.search import spdy_search
 from onnxprune.calib import CalibSet, check_against_model, load_calib_dir, load_calib_reader
 from onnxprune.config import PruneConfig
@@ -429,7 +429,7 @@ def _finish(
     weights = {name: s.weight for name, s in chosen.items()}
     check_feed = calib.batches[0] if calib is not None else feed
     report.exactness = check_exact(pruned, reference, weights, check_feed)
-    report.quality = _quality(reference, weights, calib)
+    report.quality = quality_summary(reference, weights, calib) if calib is not None else None
     if measured is None:
         _emit(progress, "measuring speedup", 0, 1)
         measured = measure_speedup(model, pruned, feed, runtime)
@@ -441,41 +441,6 @@ def _finish(
         report.size_after = out_path.stat().st_size
     report.wall_s = time.monotonic() - started
     return report
-
-
-def _quality(runner: StitchedRunner, weights: Mapping[str, np.ndarray],
-             calib: CalibSet | None) -> dict | None:
-    """Accuracy proxy on the calibration data: output nMSE vs dense, and accuracy with labels."""
-    if calib is None:
-        return None
-    errors, dense_hits, pruned_hits, count = [], 0, 0, 0
-    for feed, labels in zip(calib.batches, calib.labels, strict=True):
-        dense = runner.run(feed)
-        pruned = runner.run(feed, weights)
-        for name, want in dense.items():
-            if np.issubdtype(np.asarray(want).dtype, np.floating):
-                denom = float(np.sum(np.square(want))) or 1.0
-                errors.append(float(np.sum(np.square(pruned[name] - want))) / denom)
-        if labels is not None:
-            logits = _class_scores(dense)
-            if logits is not None:
-                dense_hits += int(np.sum(np.argmax(logits, -1) == labels))
-                pruned_hits += int(np.sum(np.argmax(_class_scores(pruned), -1) == labels))
-                count += len(labels)
-    result = {"output_nmse": float(np.mean(errors)) if errors else None}
-    if count:
-        result.update({"accuracy_dense": dense_hits / count, "accuracy_pruned": pruned_hits / count,
-                       "labelled_samples": count})
-    return result
-
-
-def _class_scores(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """The last 2-D float output (logits or probabilities), if any."""
-    for value in reversed(list(outputs.values())):
-        value = np.asarray(value)
-        if value.ndim == 2 and np.issubdtype(value.dtype, np.floating):
-            return value
-    return None
 
 
 __all__ = ["prune", "Report", "LayerResult", "replace"]

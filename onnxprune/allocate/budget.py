@@ -18,12 +18,10 @@ import numpy as np
 import onnx
 
 from onnxprune.allocate.dp import LayerChoices
-from onnxprune.calib import CalibSet
 from onnxprune.config import PruneConfig
 from onnxprune.graph.candidates import Candidate, GraphAnalysis
 from onnxprune.latency.table import LatencyTable, build_latency_table
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight
-from onnxprune.reconstruct.stitch import StitchedRunner
 from onnxprune.runtime import RuntimeConfig
 
 logger = logging.getLogger("onnxprune")
@@ -146,56 +144,3 @@ def format_unreachable(problem: AllocationProblem, target: float) -> str:
         f"{problem.total_s * 1e3:.3g} ms is in nodes that cannot be pruned; the slowest "
         f"prunable nodes even at their fastest: {worst}"
     )
-
-
-def loss_function(
-    runner: StitchedRunner,
-    holdout: CalibSet,
-    candidates: Sequence[Candidate],
-    database: Mapping[str, Sequence[PrunedWeight]],
-) -> Callable[[list[int]], float]:
-    """Calibration loss of an allocation: the stitched model's outputs vs the dense model's.
-
-    With labels: cross-entropy of the class scores (the task loss). Without: output MSE
-    normalized by the dense output energy, summed over float outputs.
-    """
-    dense_outputs = [runner.run(feed) for feed in holdout.batches]
-
-    def score(choice: list[int]) -> float:
-        weights = {c.name: database[c.name][j].weight for c, j in zip(candidates, choice,
-                                                                       strict=True)}
-        total = 0.0
-        for feed, labels, dense in zip(holdout.batches, holdout.labels, dense_outputs,
-                                       strict=True):
-            outputs = runner.run(feed, weights)
-            scores = _last_2d_float(outputs)
-            if labels is not None and scores is not None:
-                total += _cross_entropy(scores, labels)
-                continue
-            for name, want in dense.items():
-                if np.issubdtype(np.asarray(want).dtype, np.floating):
-                    denom = float(np.sum(np.square(want))) or 1.0
-                    total += float(np.sum(np.square(outputs[name] - want))) / denom
-        return total / max(len(holdout.batches), 1)
-
-    return score
-
-
-def _last_2d_float(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    for value in reversed(list(outputs.values())):
-        value = np.asarray(value)
-        if value.ndim == 2 and np.issubdtype(value.dtype, np.floating):
-            return value
-    return None
-
-
-def _cross_entropy(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mean cross-entropy; probabilities are used as they are, logits through a softmax."""
-    scores = scores.astype(np.float64)
-    is_prob = np.all(scores >= 0) and np.allclose(scores.sum(-1), 1.0, atol=1e-3)
-    if is_prob:
-        probs = np.clip(scores, 1e-12, 1.0)
-    else:
-        shifted = scores - scores.max(-1, keepdims=True)
-        probs = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
-    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))
