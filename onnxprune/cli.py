@@ -177,6 +177,9 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
 @click.option("--dry-run", is_flag=True, help="Plan and predict the speedup; write nothing.")
 @click.option("--best-effort", is_flag=True,
               help="If the target is missed, still write the fastest model found.")
+@click.option("--sparse-storage", is_flag=True,
+              help="Write unstructured-pruned weights as ONNX sparse_initializer (smaller file; "
+                   "ONNX Runtime densifies them on load, so it does not run faster).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Latency-table cache folder (default: the user cache folder).")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and the final summary.")
@@ -185,8 +188,8 @@ def prune(input_path: str, output_path: str, speedup: float | None, sparsity: fl
           nm: str | None, layouts: str, calib_dir: Path | None, calib_reader: str | None,
           calib_samples: int, shapes: tuple[str, ...], provider: str, threads: int | None,
           json_path: str | None, exclude: str | None, seed: int, search_budget: str,
-          dry_run: bool, best_effort: bool, cache_dir: Path | None, quiet: bool,
-          verbose: int) -> int:
+          dry_run: bool, best_effort: bool, sparse_storage: bool, cache_dir: Path | None,
+          quiet: bool, verbose: int) -> int:
     """Prune IN to run --speedup S times faster on the provider and write OUT.
 
     The speedup is measured, not estimated: OUT is written only once it has been timed against IN
@@ -201,7 +204,7 @@ def prune(input_path: str, output_path: str, speedup: float | None, sparsity: fl
         calib_dir=calib_dir, calib_reader=calib_reader, calib_samples=calib_samples,
         shapes=shapes, provider=provider, threads=threads, json_path=json_path, exclude=exclude,
         seed=seed, search_budget=search_budget, dry_run=dry_run, best_effort=best_effort,
-        cache_dir=cache_dir, quiet=quiet, console=out_console,
+        sparse_storage=sparse_storage, cache_dir=cache_dir, quiet=quiet, console=out_console,
     )
 
 

@@ -41,7 +41,8 @@ def _layouts(text: str) -> tuple[str, ...]:
 
 def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layouts, calib_dir,
               calib_reader, calib_samples, shapes, provider, threads, json_path, exclude, seed,
-              search_budget, dry_run, best_effort, cache_dir, quiet, console: Console) -> int:
+              search_budget, dry_run, best_effort, sparse_storage, cache_dir, quiet,
+              console: Console) -> int:
     from onnxprune.pipeline import prune
     from onnxprune.report.jsonio import write_json
     from onnxprune.report.summary import render_report, report_to_json
@@ -53,7 +54,7 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
         shapes=parse_shape_specs(shapes), calib_dir=calib_dir, calib_reader=calib_reader,
         calib_samples=calib_samples, exclude=exclude, seed=seed, dry_run=dry_run,
         best_effort=best_effort, search_budget=seconds, search_evaluations=evaluations,
-        cache_dir=cache_dir,
+        cache_dir=cache_dir, sparse_storage=sparse_storage,
     )
     if calib_dir is not None and not Path(calib_dir).exists():
         raise UserError(f"calibration folder not found: {calib_dir}")

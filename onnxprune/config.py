@@ -42,6 +42,8 @@ class PruneConfig:
         verify_rounds: how many times to tighten the budget after a measured miss.
         cache_dir: latency-table cache (None: the user cache folder).
         sequential: feed already-pruned activations forward when collecting statistics.
+        sparse_storage: write unstructured-pruned weights as ONNX ``sparse_initializer`` (a
+            smaller file; ONNX Runtime densifies them on load, so no speedup).
     """
 
     speedup: float | None = None
@@ -64,6 +66,7 @@ class PruneConfig:
     verify_rounds: int = 3
     cache_dir: Path | None = None
     sequential: bool = True
+    sparse_storage: bool = False
 
     def __post_init__(self) -> None:
         modes = sum(x is not None for x in (self.speedup, self.sparsity, self.nm))

@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 from onnxprune.graph.candidates import Candidate
 from onnxprune.graph.load import stamp_ir_version
 from onnxprune.graph.rewrite import fold_channel_restores
-from onnxprune.layouts.base import PrunedWeight
+from onnxprune.layouts.base import Layout, PrunedWeight
 from onnxprune.layouts.registry import get_layout
 
 logger = logging.getLogger("onnxprune")
@@ -26,8 +26,16 @@ def materialize(
     model: onnx.ModelProto,
     candidates: Sequence[Candidate],
     chosen: Mapping[str, PrunedWeight],
+    layouts: Mapping[str, Layout] | None = None,
 ) -> onnx.ModelProto:
     """A new model with every candidate rewritten to its chosen solution (input untouched).
+
+    Args:
+        model: the input model (not modified).
+        candidates: the candidates.
+        chosen: solution per candidate name (dense or missing: left as is).
+        layouts: configured layout objects by name, overriding the registry's defaults (e.g.
+            ``Unstructured(sparse_storage=True)``).
 
     Raises:
         onnx.checker.ValidationError: the rewritten model is invalid (an internal error).
@@ -37,7 +45,9 @@ def materialize(
         solution = chosen.get(cand.name)
         if solution is None or solution.option.layout == "dense":
             continue
-        get_layout(solution.option.layout).materialize(graph, cand, solution)
+        name = solution.option.layout
+        layout = (layouts or {}).get(name) or get_layout(name)
+        layout.materialize(graph, cand, solution)
     graph.cleanup().toposort()
     # Where a pruned channel's restore feeds another prunable node through elementwise ops only,
     # shrink that consumer instead of restoring the shape (exact; see rewrite.py).

@@ -51,6 +51,8 @@ AIM_MARGIN = 1.03
 """The allocation aims this much above the target; verification still requires the target."""
 RETRY_MARGIN = 1.01
 """Margin of the tightening rounds, on top of the measured prediction bias."""
+MAX_GOAL_STEP = 1.15
+"""A tightening round raises the allocation's goal by at most this factor."""
 
 Progress = Callable[[str, int, int], None]
 """(stage description, done, total): the CLI shows it as a progress bar."""
@@ -171,6 +173,13 @@ def _options_for(
             continue
         options[cand.name] = [DENSE, *found]
     return options
+
+
+def _configured_layouts(config: PruneConfig) -> dict:
+    """Layout objects whose behaviour the config changes (the rest come from the registry)."""
+    from onnxprune.layouts.unstructured import Unstructured
+
+    return {"unstructured": Unstructured(sparse_storage=config.sparse_storage)}
 
 
 def _nonzeros(solution: PrunedWeight) -> int:
@@ -295,7 +304,10 @@ def prune(
     best: tuple[float, dict, onnx.ModelProto, PairResult | None] | None = None
     # Aim a little above the target: a model that only just meets it in the verification run
     # falls short in about half of a user's later measurements (run-to-run noise is a few %).
-    goal = min(target * AIM_MARGIN, max(problem.amdahl_bound * 0.999, target))
+    ceiling = problem.amdahl_bound * 0.999
+    goal = min(target * AIM_MARGIN, max(ceiling, target))
+    if config.best_effort and goal > ceiling:
+        goal = ceiling  # the target is beyond the bound: aim for the fastest reachable model
     coefs = None
     for round_index in range(max(1, config.verify_rounds + 1)):
         layers = problem.layer_choices(database)
@@ -332,9 +344,17 @@ def prune(
                 model, candidates, chosen, fit if fit is not None else calib,
                 progress=None,
             )
-        pruned = materialize(model, candidates, chosen)
+        pruned = materialize(model, candidates, chosen, _configured_layouts(config))
         _emit(progress, "measuring speedup", 0, 1)
         measured = measure_speedup(model, pruned, feed, runtime)
+        if measured.speedup_median < target:
+            # One measurement can be a burst of outside load: measure again before tightening,
+            # and judge by the mean of both (never by the better one alone).
+            again = measure_speedup(model, pruned, feed, runtime)
+            measured = replace(
+                measured, speedup_median=(measured.speedup_median + again.speedup_median) / 2,
+                pairs=measured.pairs + again.pairs,
+            )
         _emit(progress, "measuring speedup", 1, 1)
         report.rounds.append({"round": round_index + 1, "goal": goal, "predicted": predicted,
                               "measured": measured.speedup_median,
@@ -348,7 +368,8 @@ def prune(
         # Correct the prediction by its measured bias and allocate again. (Compounding goals
         # instead overshoots: near the bound a few % more speed costs most of the accuracy.)
         bias = predicted / max(measured.speedup_median, 1e-6)
-        new_goal = min(target * bias * RETRY_MARGIN, problem.amdahl_bound * 0.999)
+        new_goal = min(target * bias * RETRY_MARGIN, goal * MAX_GOAL_STEP,
+                       problem.amdahl_bound * 0.999)
         if new_goal <= goal * 1.001:
             new_goal = min(goal * 1.02, problem.amdahl_bound * 0.999)
         if new_goal <= goal:
@@ -426,7 +447,7 @@ def _finish(
         if config.dry_run:
             report.wall_s = time.monotonic() - started
             return report
-        pruned = materialize(model, candidates, chosen)
+        pruned = materialize(model, candidates, chosen, _configured_layouts(config))
     _fill_layers(report, candidates, chosen, problem)
     if all(layer.option.layout == "dense" for layer in report.layers):
         report.notes.append("every node stayed dense: nothing was pruned")
