@@ -26,21 +26,13 @@ from onnxprune.graph.candidates import ensure_node_names, find_candidates  # noq
 from onnxprune.graph.load import load_model  # noqa: E402
 from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs  # noqa: E402
 from onnxprune.latency.table import build_latency_table  # noqa: E402
-from onnxprune.layouts.base import DEFAULT_LEVELS, is_fast_on  # noqa: E402
-from onnxprune.layouts.registry import LAYOUTS, get_layout  # noqa: E402
+from onnxprune.layouts.registry import candidate_options, layouts_fast_on  # noqa: E402
 from onnxprune.runtime import RuntimeConfig, resolve_provider  # noqa: E402
 
 
 def _options(analysis, provider: str, layouts: list[str] | None):
-    names = layouts or [n for n, cls in LAYOUTS.items() if is_fast_on(cls, provider)]
-    options = {}
-    for candidate in analysis.candidates:
-        found = []
-        for name in names:
-            offered, _reason = get_layout(name).options(candidate, DEFAULT_LEVELS)
-            found.extend(offered)
-        options[candidate.name] = found
-    return options
+    names = layouts or layouts_fast_on(provider)
+    return {c.name: candidate_options(c, names) for c in analysis.candidates}
 
 
 def main(argv: list[str] | None = None) -> int:

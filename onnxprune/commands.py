@@ -113,12 +113,11 @@ def load_bytes(model) -> bytes:
 
 def run_profile(model_path: str, *, shapes, provider, threads, json_path, layouts, cache_dir,
                 quiet, console: Console, load) -> None:
-    from onnxprune.allocate.budget import prune_dominated
     from onnxprune.graph.candidates import find_candidates
     from onnxprune.graph.shapes import bind_input_shapes
     from onnxprune.latency.table import build_latency_table
-    from onnxprune.layouts.base import DENSE, is_fast_on
-    from onnxprune.layouts.registry import LAYOUTS, get_layout
+    from onnxprune.layouts.base import DENSE
+    from onnxprune.layouts.registry import candidate_options, layouts_fast_on
     from onnxprune.report.jsonio import write_json
     from onnxprune.report.profile import render_profile
     from onnxprune.runtime import RuntimeConfig, resolve_provider
@@ -126,27 +125,20 @@ def run_profile(model_path: str, *, shapes, provider, threads, json_path, layout
     model = load(model_path)
     bound = bind_input_shapes(model, parse_shape_specs(shapes))
     runtime = RuntimeConfig(provider=resolve_provider(provider), threads=threads)
-    names = list(_layouts(layouts)) or [
-        n for n, cls in LAYOUTS.items() if n != "dense" and is_fast_on(cls(), runtime.provider)]
+    names = [n for n in (_layouts(layouts) or layouts_fast_on(runtime.provider)) if n != "dense"]
     analysis = find_candidates(model, bound)
-    options = {}
-    for cand in analysis.candidates:
-        found = [DENSE]
-        for name in names:
-            found.extend(get_layout(name).options(cand)[0])
-        options[cand.name] = found
+    options = {c.name: candidate_options(c, names) for c in analysis.candidates}
     with progress_bars(quiet) as progress:
         table = build_latency_table(
             model, analysis, options, runtime, cache_dir=cache_dir,
             progress=lambda done, total, desc: progress("timing layer options", done, total),
         )
-    rows = []
-    for cand in analysis.candidates:
-        times = {o: table.option_time(cand.name, o) for o in options[cand.name]}
-        useful = prune_dominated(options[cand.name], times)
-        best = min(useful, key=lambda o: times[o])
-        rows.append({"name": cand.name, "op": cand.op, "dense_s": times[DENSE],
-                     "fastest": best.label, "fastest_s": times[best]})
+    fastest = table.fastest(names)
+    rows = [
+        {"name": c.name, "op": c.op, "dense_s": table.option_time(c.name, DENSE),
+         "fastest": fastest[c.name].label, "fastest_s": table.option_time(c.name, fastest[c.name])}
+        for c in analysis.candidates
+    ]
     data = {
         "model": model_path, "inputs": bound.shapes(), "provider": runtime.provider,
         "threads": threads, "layouts": names, "nodes": rows,

@@ -32,11 +32,16 @@ from onnxprune.config import PruneConfig
 from onnxprune.errors import TargetUnreachableError, UserError
 from onnxprune.graph.candidates import Candidate, GraphAnalysis, SkippedNode, ensure_node_names
 from onnxprune.graph.candidates import find_candidates as _find_candidates
-from onnxprune.graph.load import load_model, save_model_atomic
+from onnxprune.graph.load import load_model, save_model_atomic, stamp_ir_version
 from onnxprune.graph.shapes import bind_input_shapes
 from onnxprune.latency.measure import PairResult
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight, is_fast_on
-from onnxprune.layouts.registry import LAYOUTS, get_layout
+from onnxprune.layouts.registry import (
+    LAYOUTS,
+    candidate_options,
+    get_layout,
+    layouts_fast_on,
+)
 from onnxprune.materialize import materialize
 from onnxprune.reconstruct.collect import collect_hessians, poorly_conditioned
 from onnxprune.reconstruct.database import build_database
@@ -131,30 +136,24 @@ def _allowed_layouts(config: PruneConfig, provider: str) -> list[str]:
                 + ", ".join(n for n in LAYOUTS if n != "dense") + ")"
             )
         return names
-    if not names:
-        names = [n for n, cls in LAYOUTS.items() if n != "dense" and is_fast_on(cls(), provider)]
-    return [n for n in names if n != "dense"]
+    return [n for n in (names or layouts_fast_on(provider)) if n != "dense"]
 
 
 def _options_for(
     candidates: Sequence[Candidate], layouts: Sequence[str], config: PruneConfig,
     skipped: list[SkippedNode],
 ) -> dict[str, list[LayoutOption]]:
-    """Options per candidate; candidates with none (uniform modes) move to ``skipped``."""
+    """Options per candidate (dense first); in the uniform modes, the one option nearest the
+    requested level or pattern, and candidates with none move to ``skipped`` with the reason."""
+    if config.speedup is not None:
+        return {c.name: candidate_options(c, layouts, config.levels) for c in candidates}
+    levels = [1.0 - config.nm[0] / config.nm[1]] if config.nm is not None else [config.sparsity]
     options: dict[str, list[LayoutOption]] = {}
     for cand in candidates:
         found: list[LayoutOption] = []
         reasons = []
         for name in layouts:
-            layout = get_layout(name)
-            if config.nm is not None:
-                n, m = config.nm
-                levels = [1.0 - n / m]
-            elif config.sparsity is not None:
-                levels = [config.sparsity]
-            else:
-                levels = config.levels
-            opts, reason = layout.options(cand, levels)
+            opts, reason = get_layout(name).options(cand, levels)
             if config.nm is not None:
                 opts = [o for o in opts if dict(o.params).get("n") == config.nm[0]
                         and dict(o.params).get("m") == config.nm[1]]
@@ -167,7 +166,7 @@ def _options_for(
             found.extend(opts)
             if reason:
                 reasons.append(f"{name}: {reason}")
-        if not found and (config.sparsity is not None or config.nm is not None):
+        if not found:
             skipped.append(SkippedNode(cand.sites[0].node, cand.op,
                                        "; ".join(reasons) or "no option fits", cand.macs))
             continue
@@ -204,13 +203,13 @@ def prune(
     """
     started = time.monotonic()
     in_path, out_path = Path(input_path), Path(output_path)
-    if in_path.exists() and out_path.exists() and in_path.resolve() == out_path.resolve():
-        raise UserError("the output path is the input path; choose another output file")
     if in_path.resolve() == out_path.resolve():
         raise UserError("the output path is the input path; choose another output file")
     if out_path.is_dir():
         raise UserError(f"the output path {out_path} is a directory")
-    model = ensure_node_names(load_model(in_path))
+    # Stamped once with an IR version the installed ORT reads: every session below uses it.
+    model = stamp_ir_version(ensure_node_names(load_model(in_path)))
+    dense_payload = model.SerializeToString()
     bound = bind_input_shapes(model, config.shapes)
     provider = resolve_provider(config.provider)
     runtime = RuntimeConfig(provider=provider, threads=config.threads)
@@ -293,8 +292,8 @@ def prune(
 
     if mode != "speedup":
         chosen = {c.name: database[c.name][-1] for c in candidates}
-        return _finish(model, candidates, chosen, report, config, runtime, feed, calib, runner,
-                       out_path, started, progress, problem=None)
+        return _finish(model, dense_payload, candidates, chosen, report, config, runtime, feed,
+                       calib, runner, out_path, started, progress, problem=None)
 
     assert problem is not None
     score = None
@@ -309,8 +308,8 @@ def prune(
     if config.best_effort and goal > ceiling:
         goal = ceiling  # the target is beyond the bound: aim for the fastest reachable model
     coefs = None
+    layers = problem.layer_choices(database)
     for round_index in range(max(1, config.verify_rounds + 1)):
-        layers = problem.layer_choices(database)
         budget = problem.budget_for(goal)
         choice = None
         if score is not None and config.search_budget > 0:
@@ -339,18 +338,15 @@ def prune(
             _fill_layers(report, candidates, chosen, problem)
             report.wall_s = time.monotonic() - started
             return report
-        if calib is not None and config.sequential:
-            chosen = sequential_resolve(
-                model, candidates, chosen, fit if fit is not None else calib,
-                progress=None,
-            )
+        if runner is not None and fit is not None and config.sequential:
+            chosen = sequential_resolve(runner, model, candidates, chosen, fit)
         pruned = materialize(model, candidates, chosen, _configured_layouts(config))
         _emit(progress, "measuring speedup", 0, 1)
-        measured = measure_speedup(model, pruned, feed, runtime)
+        measured = measure_speedup(dense_payload, pruned, feed, runtime)
         if measured.speedup_median < target:
             # One measurement can be a burst of outside load: measure again before tightening,
             # and judge by the mean of both (never by the better one alone).
-            again = measure_speedup(model, pruned, feed, runtime)
+            again = measure_speedup(dense_payload, pruned, feed, runtime)
             measured = replace(
                 measured, speedup_median=(measured.speedup_median + again.speedup_median) / 2,
                 pairs=measured.pairs + again.pairs,
@@ -388,8 +384,8 @@ def prune(
             f"{problem.amdahl_bound:.2f}x); nothing written. Use --best-effort to write the "
             "fastest model found, or a lower --speedup"
         )
-    return _finish(model, candidates, chosen, report, config, runtime, feed, calib, runner,
-                   out_path, started, progress, problem=problem, pruned=pruned,
+    return _finish(model, dense_payload, candidates, chosen, report, config, runtime, feed,
+                   calib, runner, out_path, started, progress, problem=problem, pruned=pruned,
                    measured=measured)
 
 
@@ -433,18 +429,19 @@ def _fill_layers(report: Report, candidates: Sequence[Candidate],
 
 
 def _finish(
-    model: onnx.ModelProto, candidates: Sequence[Candidate], chosen: dict[str, PrunedWeight],
-    report: Report, config: PruneConfig, runtime: RuntimeConfig, feed: Mapping[str, np.ndarray],
-    calib: CalibSet | None, runner: StitchedRunner | None, out_path: Path, started: float,
-    progress: Progress | None, *, problem: AllocationProblem | None,
-    pruned: onnx.ModelProto | None = None, measured: PairResult | None = None,
+    model: onnx.ModelProto, dense_payload: bytes, candidates: Sequence[Candidate],
+    chosen: dict[str, PrunedWeight], report: Report, config: PruneConfig,
+    runtime: RuntimeConfig, feed: Mapping[str, np.ndarray], calib: CalibSet | None,
+    runner: StitchedRunner | None, out_path: Path, started: float, progress: Progress | None,
+    *, problem: AllocationProblem | None, pruned: onnx.ModelProto | None = None,
+    measured: PairResult | None = None,
 ) -> Report:
     """Sequential re-solve (uniform modes), materialize, check, measure, write."""
     if pruned is None:
-        if calib is not None and config.sequential:
-            chosen = sequential_resolve(model, candidates, chosen, calib)
-        _fill_layers(report, candidates, chosen, problem)
+        if runner is not None and calib is not None and config.sequential:
+            chosen = sequential_resolve(runner, model, candidates, chosen, calib)
         if config.dry_run:
+            _fill_layers(report, candidates, chosen, problem)
             report.wall_s = time.monotonic() - started
             return report
         pruned = materialize(model, candidates, chosen, _configured_layouts(config))
@@ -458,15 +455,14 @@ def _finish(
     report.quality = quality_summary(reference, weights, calib) if calib is not None else None
     if measured is None:
         _emit(progress, "measuring speedup", 0, 1)
-        measured = measure_speedup(model, pruned, feed, runtime)
+        measured = measure_speedup(dense_payload, pruned, feed, runtime)
         _emit(progress, "measuring speedup", 1, 1)
     report.measured = measured
-    if not config.dry_run:
-        save_model_atomic(pruned, out_path)
-        report.written = True
-        report.size_after = out_path.stat().st_size
+    save_model_atomic(pruned, out_path)
+    report.written = True
+    report.size_after = out_path.stat().st_size
     report.wall_s = time.monotonic() - started
     return report
 
 
-__all__ = ["prune", "Report", "LayerResult", "replace"]
+__all__ = ["prune", "Report", "LayerResult"]

@@ -166,3 +166,29 @@ def test_unstructured_sparse_storage_writes_sparse_initializers(tmp_path):
     got = ort.InferenceSession(str(out)).run(None, {"input": x})[-1]
     want = ort.InferenceSession(str(dense_out)).run(None, {"input": x})[-1]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_model_with_onnx_default_ir_version_is_pruned(tmp_path):
+    """onnx writes a newer IR than ORT may read; every session must see a stamped model."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((64, 128)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((128, 32)).astype(np.float32), "w2")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])], [w1, w2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert model.ir_version == onnx.IR_VERSION  # the default, whatever ORT accepts
+    path = tmp_path / "fresh.onnx"
+    onnx.save(model, str(path))
+    out = tmp_path / "out.onnx"
+    report = prune(path, out, PruneConfig(sparsity=0.5, layouts=("block",), threads=2,
+                                          shapes={"x": (32, 64)}))
+    assert report.written and report.measured is not None
+    assert ort.InferenceSession(str(out)).run(None, {"x": np.ones((3, 64), np.float32)})[0].shape \
+        == (3, 32)

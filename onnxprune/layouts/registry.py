@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from onnxprune.errors import UserError
-from onnxprune.layouts.base import Layout, is_fast_on
+from onnxprune.layouts.base import DEFAULT_LEVELS, DENSE, Layout, LayoutOption, is_fast_on
 from onnxprune.layouts.block import Block
 from onnxprune.layouts.channel import Channel
 from onnxprune.layouts.dense import Dense
@@ -35,3 +37,19 @@ def get_layout(name: str) -> Layout:
 def layouts_fast_on(provider: str) -> list[str]:
     """Names of the layouts whose materialized form can beat dense on ``provider`` (with dense)."""
     return [name for name, cls in LAYOUTS.items() if is_fast_on(cls, provider)]
+
+
+def candidate_options(
+    candidate, names: Sequence[str], levels: Iterable[float] = DEFAULT_LEVELS
+) -> list[LayoutOption]:
+    """Dense first, then every option the named layouts offer ``candidate`` at ``levels``.
+
+    This is the menu the latency table times and the allocator chooses from; layouts that cannot
+    apply to the candidate simply contribute nothing.
+    """
+    levels = tuple(levels)
+    found = [DENSE]
+    for name in names:
+        if name != "dense":
+            found.extend(get_layout(name).options(candidate, levels)[0])
+    return found

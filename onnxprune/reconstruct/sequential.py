@@ -31,6 +31,7 @@ def graph_order(model: onnx.ModelProto, candidates: Sequence[Candidate]) -> list
 
 
 def sequential_resolve(
+    runner: StitchedRunner,
     model: onnx.ModelProto,
     candidates: Sequence[Candidate],
     chosen: Mapping[str, PrunedWeight],
@@ -39,15 +40,21 @@ def sequential_resolve(
 ) -> dict[str, PrunedWeight]:
     """Re-solve every non-dense chosen option on the activations of the partly pruned model.
 
+    Args:
+        runner: a stitched runner over ``model`` exposing every site's activation (the one the
+            pipeline already holds; no new session is made here).
+        model: the original model, for the graph order.
+        candidates: the candidates.
+        chosen: the allocation to re-solve, by candidate name.
+        calib: the calibration batches the statistics are collected on.
+        progress: called with each candidate's name once it is done.
+
     Returns:
         The new solutions by candidate name (dense choices are passed through).
     """
-    ordered = graph_order(model, candidates)
-    runner = StitchedRunner(model, candidates, expose=[s.activation for c in ordered
-                                                       for s in c.sites])
     result: dict[str, PrunedWeight] = dict(chosen)
     pruned_weights = {}
-    for cand in ordered:
+    for cand in graph_order(model, candidates):
         current = chosen[cand.name]
         if current.option.layout != "dense":
             hessians = collect_hessians(runner, [cand], calib, weights=pruned_weights)
