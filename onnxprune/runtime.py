@@ -58,8 +58,9 @@ class RuntimeConfig:
     provider_options: Mapping[str, str] | None = None
     # ORT's intra-op threads spin after each run waiting for more work. onnxprune keeps several
     # sessions alive and alternates between them (A/B pairs, isolated nodes); spinning threads of
-    # one session then steal the cores the other is running on, which on a 2-core machine made
-    # the same model time 0.7x-1.8x against itself. Measurements therefore run without spinning.
+    # one session then steal the cores the other is running on: on 2 cores a model timed against
+    # itself read 0.80x-1.18x (medians of 5 runs) with spinning, 0.99x-1.00x without
+    # (benchmarks/spinning.py). Measurements therefore run without spinning.
     spinning: bool = False
 
     def providers(self) -> list:
