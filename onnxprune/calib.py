@@ -64,28 +64,80 @@ class CalibSet:
     def has_labels(self) -> bool:
         return bool(self.labels) and all(lab is not None for lab in self.labels)
 
-    def split(self, holdout: float = 0.25) -> tuple[CalibSet, CalibSet]:
-        """(fit, held-out) by whole batches; both non-empty when there are >= 2 batches.
+    def partition(self, search: float = 0.25, verify: float = 0.25
+                  ) -> tuple[CalibSet, CalibSet, CalibSet]:
+        """(fit, search, verify): three disjoint parts, in that order of the data.
 
-        With a single batch, the batch is cut in two along the sample axis.
+        ``fit`` feeds the layer statistics (Hessians), ``search`` scores allocations (SPDY's
+        search, the fidelity-bound search), ``verify`` is held out for the final fidelity check,
+        which no choice has seen. With at least 4 batches whole batches are assigned; otherwise
+        every batch is cut along its samples. With fewer than 3 samples the parts cannot be
+        disjoint and all three are the whole set (the report says so via :attr:`samples`).
         """
+        if self.samples < 3:
+            return self, self, self
         batches, labels = list(self.batches), list(self.labels)
-        if len(batches) == 1:
-            half = max(1, _batch_size(batches[0]) // 2)
-            first = {k: v[:half] for k, v in batches[0].items()}
-            second = {k: v[half:] for k, v in batches[0].items()}
-            lab = labels[0]
-            if _batch_size(second) == 0:
-                return self, self
-            return (
-                CalibSet((first,), (None if lab is None else lab[:half],), self.source),
-                CalibSet((second,), (None if lab is None else lab[half:],), self.source),
+        fractions = (1.0 - search - verify, search, verify)
+        if len(batches) >= 4:
+            sizes = [_batch_size(b) for b in batches]
+            total, bounds, acc = sum(sizes), [], 0.0
+            for fraction in fractions[:-1]:
+                acc += fraction
+                bounds.append(acc * total)
+            parts: list[list[int]] = [[], [], []]
+            seen = 0
+            for index, size in enumerate(sizes):
+                middle = seen + size / 2
+                part = sum(middle > bound for bound in bounds)
+                parts[part].append(index)
+                seen += size
+            for part in range(3):  # no part may be empty: borrow the nearest batch
+                if not parts[part]:
+                    donor = max(range(3), key=lambda p: len(parts[p]))
+                    parts[part].append(parts[donor].pop(0 if part > donor else -1))
+            return tuple(  # type: ignore[return-value]
+                CalibSet(tuple(batches[i] for i in sorted(idx)),
+                         tuple(labels[i] for i in sorted(idx)), self.source)
+                for idx in parts
             )
-        cut = min(len(batches) - 1, max(1, round(len(batches) * (1 - holdout))))
-        return (
-            CalibSet(tuple(batches[:cut]), tuple(labels[:cut]), self.source),
-            CalibSet(tuple(batches[cut:]), tuple(labels[cut:]), self.source),
+        cut: list[list[tuple[dict[str, np.ndarray], np.ndarray | None]]] = [[], [], []]
+        for feed, lab in zip(batches, labels, strict=True):
+            size = _batch_size(feed)
+            ends = [round(size * fractions[0]), round(size * (fractions[0] + fractions[1])), size]
+            ends[0] = min(max(ends[0], 1), size - 2) if size >= 3 else ends[0]
+            ends[1] = min(max(ends[1], ends[0] + 1), size - 1) if size >= 3 else ends[1]
+            start = 0
+            for part, end in enumerate(ends):
+                if end > start:
+                    cut[part].append(({k: v[start:end] for k, v in feed.items()},
+                                      None if lab is None else lab[start:end]))
+                start = end
+        if not all(cut):
+            return self, self, self
+        return tuple(  # type: ignore[return-value]
+            CalibSet(tuple(f for f, _ in items), tuple(lab for _, lab in items), self.source)
+            for items in cut
         )
+
+    def feed_at(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray] | None:
+        """Real inputs at the deployment ``shapes``: samples stacked (repeated if too few).
+
+        Timing on real data catches what synthetic data hides (denormals, data-dependent ops).
+        Returns None when the samples' shapes beyond the batch axis differ from ``shapes``.
+        """
+        feed: dict[str, np.ndarray] = {}
+        for name, shape in shapes.items():
+            if not shape or any(name not in b for b in self.batches):
+                return None
+            parts = [np.asarray(b[name]) for b in self.batches]
+            if any(p.ndim != len(shape) or tuple(p.shape[1:]) != tuple(shape[1:]) for p in parts):
+                return None
+            stacked = np.concatenate(parts, axis=0)
+            if stacked.shape[0] == 0:
+                return None
+            reps = -(-shape[0] // stacked.shape[0])
+            feed[name] = np.ascontiguousarray(np.concatenate([stacked] * reps)[:shape[0]])
+        return feed
 
 
 def _batch_size(feed: Mapping[str, np.ndarray]) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from onnxprune.config import DEFAULT_MAX_ERROR
 from onnxprune.errors import OnnxPruneError, UserError
 
 logger = logging.getLogger("onnxprune")
@@ -137,14 +138,21 @@ def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
 @click.argument("model_b", metavar="B.onnx")
 @_common_options
 @click.option("--seconds", type=float, default=10.0, show_default=True,
-              help="Time budget for the interleaved runs.")
+              help="Time budget for the interleaved runs, over all sessions.")
+@click.option("--sessions", type=int, default=5, show_default=True,
+              help="Fresh session pairs to measure in (latency varies between sessions).")
 def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
-          threads: int | None, json_path: str | None, seconds: float) -> None:
-    """Measure how much faster B runs than A: interleaved A/B runs, median of pair ratios."""
+          threads: int | None, json_path: str | None, seconds: float, sessions: int) -> None:
+    """Measure how much faster B runs than A.
+
+    Each of --sessions fresh session pairs runs A and B interleaved and gives the median of the
+    pair ratios; the speedup printed is the median over sessions, with their spread.
+    """
     from onnxprune.commands import run_bench
 
     run_bench(model_a, model_b, shapes=shapes, provider=provider, threads=threads,
-              json_path=json_path, seconds=seconds, console=out_console, load=_load)
+              json_path=json_path, seconds=seconds, sessions=sessions, console=out_console,
+              load=_load)
 
 
 @cli.command()
@@ -174,9 +182,24 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
 @click.option("--search-budget", default="30", show_default=True, metavar="SECONDS|Ne",
               help="SPDY's per-layer sensitivity search: seconds (30) or evaluations (200e); "
                    "0 for the plain DP.")
+@click.option("--max-error", type=float, default=DEFAULT_MAX_ERROR, show_default=True,
+              metavar="E",
+              help="Fidelity bound, on whenever calibration data is given: the largest allowed "
+                   "relative output error |y - y_dense| / |y_dense| (worst output, mean over "
+                   "positions) on held-out calibration samples. Exit 0 means the speed target "
+                   "and this bound both hold.")
+@click.option("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
+              help="Also bound the top-1 accuracy drop on held-out labelled calibration "
+                   "samples, in percentage points.")
+@click.option("--no-fidelity-bound", is_flag=True,
+              help="Turn the fidelity bound off (fidelity is still measured and reported).")
+@click.option("--verify-sessions", type=int, default=5, show_default=True, metavar="N",
+              help="Fresh ONNX Runtime session pairs the final speed check runs in; the target "
+                   "must hold for their lower quartile.")
 @click.option("--dry-run", is_flag=True, help="Plan and predict the speedup; write nothing.")
 @click.option("--best-effort", is_flag=True,
-              help="If the target is missed, still write the fastest model found.")
+              help="If the target cannot be met within the fidelity bound, still write the "
+                   "fastest model found within the bound (exit code 3).")
 @click.option("--sparse-storage", is_flag=True,
               help="Write unstructured-pruned weights as ONNX sparse_initializer (smaller file; "
                    "ONNX Runtime densifies them on load, so it does not run faster).")
@@ -188,13 +211,19 @@ def prune(input_path: str, output_path: str, speedup: float | None, sparsity: fl
           nm: str | None, layouts: str, calib_dir: Path | None, calib_reader: str | None,
           calib_samples: int, shapes: tuple[str, ...], provider: str, threads: int | None,
           json_path: str | None, exclude: str | None, seed: int, search_budget: str,
-          dry_run: bool, best_effort: bool, sparse_storage: bool, cache_dir: Path | None,
-          quiet: bool, verbose: int) -> int:
+          max_error: float, max_accuracy_drop: float | None, no_fidelity_bound: bool,
+          verify_sessions: int, dry_run: bool, best_effort: bool, sparse_storage: bool,
+          cache_dir: Path | None, quiet: bool, verbose: int) -> int:
     """Prune IN to run --speedup S times faster on the provider and write OUT.
 
-    The speedup is measured, not estimated: OUT is written only once it has been timed against IN
-    (interleaved runs, median of ratios). Without calibration data a data-free proxy decides which
-    weights go, and accuracy will suffer: pass --calib.
+    Exit 0 promises both sides: the speedup is measured, not estimated (OUT is timed against IN in
+    several fresh ONNX Runtime sessions, interleaved runs, and the target must hold for the lower
+    quartile over sessions), and with --calib the outputs on held-out calibration samples stay
+    within --max-error of the dense model's. When the speed is reachable only beyond the bound,
+    onnxprune exits 3, writes nothing, and reports the fastest model within the bound.
+
+    Without calibration data a data-free proxy decides which weights go, fidelity cannot be
+    measured and accuracy will suffer: pass --calib.
     """
     from onnxprune.commands import run_prune
 
@@ -203,7 +232,9 @@ def prune(input_path: str, output_path: str, speedup: float | None, sparsity: fl
         input_path, output_path, speedup=speedup, sparsity=sparsity, nm=nm, layouts=layouts,
         calib_dir=calib_dir, calib_reader=calib_reader, calib_samples=calib_samples,
         shapes=shapes, provider=provider, threads=threads, json_path=json_path, exclude=exclude,
-        seed=seed, search_budget=search_budget, dry_run=dry_run, best_effort=best_effort,
+        seed=seed, search_budget=search_budget, max_error=max_error,
+        max_accuracy_drop=max_accuracy_drop, fidelity_bound=not no_fidelity_bound,
+        verify_sessions=verify_sessions, dry_run=dry_run, best_effort=best_effort,
         sparse_storage=sparse_storage, cache_dir=cache_dir, quiet=quiet, console=out_console,
     )
 

@@ -41,8 +41,8 @@ def _layouts(text: str) -> tuple[str, ...]:
 
 def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layouts, calib_dir,
               calib_reader, calib_samples, shapes, provider, threads, json_path, exclude, seed,
-              search_budget, dry_run, best_effort, sparse_storage, cache_dir, quiet,
-              console: Console) -> int:
+              search_budget, max_error, max_accuracy_drop, fidelity_bound, verify_sessions,
+              dry_run, best_effort, sparse_storage, cache_dir, quiet, console: Console) -> int:
     from onnxprune.pipeline import prune
     from onnxprune.report.jsonio import write_json
     from onnxprune.report.summary import render_report, report_to_json
@@ -54,7 +54,9 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
         shapes=parse_shape_specs(shapes), calib_dir=calib_dir, calib_reader=calib_reader,
         calib_samples=calib_samples, exclude=exclude, seed=seed, dry_run=dry_run,
         best_effort=best_effort, search_budget=seconds, search_evaluations=evaluations,
-        cache_dir=cache_dir, sparse_storage=sparse_storage,
+        cache_dir=cache_dir, sparse_storage=sparse_storage, max_error=max_error,
+        max_accuracy_drop=max_accuracy_drop, fidelity_bound=fidelity_bound,
+        verify_sessions=verify_sessions,
     )
     if calib_dir is not None and not Path(calib_dir).exists():
         raise UserError(f"calibration folder not found: {calib_dir}")
@@ -65,19 +67,27 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
     if json_path:
         write_json(report_to_json(report), json_path)
     if report.met_target is False:
-        console.print("[yellow]the target was not met; --best-effort wrote the fastest model "
-                      "found[/yellow]")
+        console.print("[yellow]the target was not met within the fidelity bound; --best-effort "
+                      "wrote the fastest model found within it[/yellow]")
+        return TargetUnreachableError.exit_code
+    if report.within_bound is False:
+        console.print("[yellow]the model breaks the fidelity bound; --best-effort wrote it "
+                      "anyway[/yellow]")
         return TargetUnreachableError.exit_code
     return 0
 
 
 def run_bench(model_a: str, model_b: str, *, shapes, provider, threads, json_path, seconds,
-              console: Console, load) -> None:
+              sessions, console: Console, load) -> None:
     from onnxprune.graph.shapes import bind_input_shapes, graph_inputs
-    from onnxprune.latency.measure import bench_pair
+    from onnxprune.latency.measure import bench_sessions
     from onnxprune.report.jsonio import write_json
     from onnxprune.runtime import RuntimeConfig, resolve_provider, synthetic_feed
 
+    if sessions < 1:
+        raise UserError("--sessions must be at least 1")
+    if not seconds > 0:
+        raise UserError("--seconds must be greater than 0")
     a, b = load(model_a), load(model_b)
     requested = parse_shape_specs(shapes)
     bound = bind_input_shapes(a, requested)
@@ -87,7 +97,8 @@ def run_bench(model_a: str, model_b: str, *, shapes, provider, threads, json_pat
         raise UserError(f"the models have different inputs: {names_a} vs {names_b}")
     runtime = RuntimeConfig(provider=resolve_provider(provider), threads=threads)
     feed = synthetic_feed(bound.as_tuples())
-    result = bench_pair(load_bytes(a), load_bytes(b), feed, runtime, max_seconds=seconds)
+    result = bench_sessions(load_bytes(a), load_bytes(b), {"synthetic": feed}, runtime,
+                            sessions=sessions, seconds=seconds)
     if json_path != "-":
         shapes_text = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in bound.shapes().items())
         for note in bound.notes:
@@ -96,9 +107,10 @@ def run_bench(model_a: str, model_b: str, *, shapes, provider, threads, json_pat
                       f"{threads or 'default'}")
         console.print(f"A {model_a}: {result.time_a_s * 1e3:.3f} ms (median)")
         console.print(f"B {model_b}: {result.time_b_s * 1e3:.3f} ms (median)")
-        console.print(f"[bold]speedup of B over A: {result.speedup_median:.2f}x[/bold] "
-                      f"(interquartile {result.speedup_q25:.2f}-{result.speedup_q75:.2f}, "
-                      f"{result.pairs} interleaved pairs)")
+        per_session = " ".join(f"{s.speedup_median:.2f}" for s in result.sessions)
+        console.print(f"[bold]speedup of B over A: {result.speedup:.2f}x[/bold] (median over "
+                      f"{len(result.sessions)} fresh session pairs: {per_session}; lower quartile "
+                      f"{result.speedup_low:.2f}x; {result.pairs} interleaved pairs in all)")
     if json_path:
         write_json({"a": model_a, "b": model_b, "inputs": bound.shapes(),
                     "provider": runtime.provider, "threads": threads, **result.to_json()},

@@ -14,6 +14,11 @@ from onnxprune.errors import UserError
 from onnxprune.layouts.base import DEFAULT_LEVELS
 
 DEFAULT_PROVIDER = "cpu"
+DEFAULT_MAX_ERROR = 0.2
+"""Default fidelity bound: the worst output's mean per-position relative error vs dense.
+
+0.2 keeps an embedding's cosine near 0.98 and, on the shipped classifiers, their held-out
+accuracy within about a point (docs/fidelity.md has the measurements)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,13 @@ class PruneConfig:
         sequential: feed already-pruned activations forward when collecting statistics.
         sparse_storage: write unstructured-pruned weights as ONNX ``sparse_initializer`` (a
             smaller file; ONNX Runtime densifies them on load, so no speedup).
+        max_error: fidelity bound, the largest allowed relative output error (worst output's
+            mean per-position ‖y − y_dense‖ / ‖y_dense‖) on held-out calibration samples.
+        max_accuracy_drop: fidelity bound in accuracy points on held-out labelled samples
+            (None: not checked; needs labels).
+        fidelity_bound: False turns the bound off (fidelity is still measured and reported).
+        verify_sessions: fresh session pairs the final speed measurement runs in.
+        verify_seconds: wall-clock budget of one final speed measurement.
     """
 
     speedup: float | None = None
@@ -67,6 +79,11 @@ class PruneConfig:
     cache_dir: Path | None = None
     sequential: bool = True
     sparse_storage: bool = False
+    max_error: float = DEFAULT_MAX_ERROR
+    max_accuracy_drop: float | None = None
+    fidelity_bound: bool = True
+    verify_sessions: int = 5
+    verify_seconds: float = 6.0
 
     def __post_init__(self) -> None:
         modes = sum(x is not None for x in (self.speedup, self.sparsity, self.nm))
@@ -89,6 +106,12 @@ class PruneConfig:
             raise UserError("give either --calib or --calib-reader, not both")
         if self.calib_samples < 1:
             raise UserError("--calib-samples must be at least 1")
+        if not self.max_error > 0:
+            raise UserError(f"--max-error must be greater than 0 (got {self.max_error})")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
+            raise UserError("--max-accuracy-drop must be at least 0 points")
+        if self.verify_sessions < 1:
+            raise UserError("--verify-sessions must be at least 1")
 
 
 def parse_nm(text: str) -> tuple[int, int]:

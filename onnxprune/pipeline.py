@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +24,18 @@ from onnxprune.allocate.budget import (
     format_unreachable,
     granularity,
 )
-from onnxprune.allocate.dp import solve_dp
-from onnxprune.allocate.loss import loss_function, quality_summary
-from onnxprune.allocate.search import spdy_search
+from onnxprune.allocate.loss import fidelity_scorer
+from onnxprune.attempt import Attempt, Progress, Realizer
 from onnxprune.calib import CalibSet, check_against_model, load_calib_dir, load_calib_reader
 from onnxprune.config import PruneConfig
+from onnxprune.contract import run_contract
 from onnxprune.errors import TargetUnreachableError, UserError
+from onnxprune.fidelity import Fidelity, FidelityBound, describe
 from onnxprune.graph.candidates import Candidate, GraphAnalysis, SkippedNode, ensure_node_names
 from onnxprune.graph.candidates import find_candidates as _find_candidates
 from onnxprune.graph.load import load_model, save_model_atomic, stamp_ir_version
 from onnxprune.graph.shapes import bind_input_shapes
-from onnxprune.latency.measure import PairResult
+from onnxprune.latency.measure import SpeedResult
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight, is_fast_on
 from onnxprune.layouts.registry import (
     LAYOUTS,
@@ -42,26 +43,13 @@ from onnxprune.layouts.registry import (
     get_layout,
     layouts_fast_on,
 )
-from onnxprune.materialize import materialize
 from onnxprune.reconstruct.collect import collect_hessians, poorly_conditioned
 from onnxprune.reconstruct.database import build_database
-from onnxprune.reconstruct.sequential import sequential_resolve
 from onnxprune.reconstruct.stitch import StitchedRunner
 from onnxprune.runtime import RuntimeConfig, resolve_provider, synthetic_feed
-from onnxprune.verify import check_exact, measure_speedup
+from onnxprune.verify import check_exact
 
 logger = logging.getLogger("onnxprune")
-
-AIM_MARGIN = 1.03
-"""The allocation aims this much above the target; verification still requires the target."""
-RETRY_MARGIN = 1.01
-"""Margin of the tightening rounds, on top of the measured prediction bias."""
-MAX_GOAL_STEP = 1.15
-"""A tightening round raises the allocation's goal by at most this factor."""
-
-Progress = Callable[[str, int, int], None]
-"""(stage description, done, total): the CLI shows it as a progress bar."""
-
 
 @dataclass
 class LayerResult:
@@ -80,7 +68,12 @@ class LayerResult:
 
 @dataclass
 class Report:
-    """Everything the terminal summary and the JSON report show."""
+    """Everything the terminal summary and the JSON report show.
+
+    ``fidelity`` is measured on the held-out verify part of the calibration data; when it is None,
+    ``fidelity_note`` says why. ``at_target`` is the fidelity of the allocation at the requested
+    speed when that broke the bound (the written model, if any, is then the fastest within it).
+    """
 
     input_path: str
     output_path: str | None
@@ -94,11 +87,15 @@ class Report:
     notes: list[str] = field(default_factory=list)
     predicted_speedup: float | None = None
     amdahl_bound: float | None = None
-    measured: PairResult | None = None
+    measured: SpeedResult | None = None
     rounds: list[dict] = field(default_factory=list)
     calibration: dict | None = None
     search: dict | None = None
-    quality: dict | None = None
+    fidelity: Fidelity | None = None
+    fidelity_note: str | None = None
+    bound: FidelityBound | None = None
+    at_target: Fidelity | None = None
+    within_bound: bool | None = None
     exactness: float | None = None
     size_before: int = 0
     size_after: int = 0
@@ -185,6 +182,13 @@ def _nonzeros(solution: PrunedWeight) -> int:
     return int(np.count_nonzero(solution.mask))
 
 
+def _bound(config: PruneConfig, calib: CalibSet | None) -> FidelityBound | None:
+    if calib is None or not config.fidelity_bound:
+        return None
+    drop = config.max_accuracy_drop if calib.has_labels else None
+    return FidelityBound(config.max_error, drop)
+
+
 def prune(
     input_path: str | Path,
     output_path: str | Path,
@@ -198,8 +202,8 @@ def prune(
 
     Raises:
         UserError: bad input or options (exit code 2).
-        TargetUnreachableError: the speedup cannot be met (exit code 3); nothing is written unless
-            ``config.best_effort``.
+        TargetUnreachableError: the speedup cannot be met within the fidelity bound (exit code 3);
+            nothing is written unless ``config.best_effort``.
     """
     started = time.monotonic()
     in_path, out_path = Path(input_path), Path(output_path)
@@ -209,28 +213,36 @@ def prune(
         raise UserError(f"the output path {out_path} is a directory")
     # Stamped once with an IR version the installed ORT reads: every session below uses it.
     model = stamp_ir_version(ensure_node_names(load_model(in_path)))
+    if config.max_accuracy_drop is not None and config.calib_dir is None \
+            and config.calib_reader is None:
+        raise UserError("--max-accuracy-drop needs labelled calibration data (--calib)")
     dense_payload = model.SerializeToString()
-    bound = bind_input_shapes(model, config.shapes)
+    bound_shapes = bind_input_shapes(model, config.shapes)
     provider = resolve_provider(config.provider)
     runtime = RuntimeConfig(provider=provider, threads=config.threads)
     layouts = _allowed_layouts(config, provider)
     mode = "speedup" if config.speedup is not None else ("nm" if config.nm else "sparsity")
     report = Report(str(in_path), None if config.dry_run else str(out_path), mode,
-                    config.speedup, provider, config.threads, bound.shapes())
-    report.notes.extend(bound.notes)
+                    config.speedup, provider, config.threads, bound_shapes.shapes())
+    report.notes.extend(bound_shapes.notes)
     report.size_before = in_path.stat().st_size
 
-    analysis = _find_candidates(model, bound)
+    analysis = _find_candidates(model, bound_shapes)
     candidates, skipped = _select(analysis, config.exclude)
     report.skipped = skipped
     calib = _load_calibration(config, model)
     if calib is None:
+        report.fidelity_note = ("not measured: no calibration data, so onnxprune cannot tell "
+                                "whether the pruned model still does its job; pass --calib DIR")
         report.notes.append(
             "no calibration data: weights are chosen by magnitude and not reconstructed, so "
-            "accuracy will suffer; pass --calib DIR"
+            "accuracy will suffer, and fidelity is not measured; pass --calib DIR"
         )
         logger.warning("no calibration data (--calib): using the data-free magnitude proxy; "
-                       "accuracy will suffer")
+                       "fidelity is not measured")
+    elif config.max_accuracy_drop is not None and not calib.has_labels:
+        raise UserError("--max-accuracy-drop needs labels in the calibration data "
+                        "(__labels__ in the .npz files)")
     if not candidates:
         raise _nothing_to_prune(analysis, mode)
     options = _options_for(candidates, layouts, config, report.skipped)
@@ -246,14 +258,26 @@ def prune(
             "expect compression or a TensorRT speedup only"
         )
 
-    feed = synthetic_feed(bound.as_tuples(), seed=config.seed)
-    runner, fit, holdout = None, None, None
+    feeds = {"synthetic": synthetic_feed(bound_shapes.as_tuples(), seed=config.seed)}
+    runner = fit = search = verify = None
+    bound = _bound(config, calib)
+    report.bound = bound
     if calib is not None:
-        fit, holdout = calib.split(0.25)
+        fit, search, verify = calib.partition()
         runner = StitchedRunner(model, candidates,
                                 expose=[s.activation for c in candidates for s in c.sites])
-        report.calibration = {"source": calib.source, "samples": calib.samples,
-                              "batches": len(calib.batches), "labels": calib.has_labels}
+        disjoint = verify.samples < calib.samples
+        report.calibration = {
+            "source": calib.source, "samples": calib.samples, "batches": len(calib.batches),
+            "labels": calib.has_labels, "fit_samples": fit.samples,
+            "search_samples": search.samples, "verify_samples": verify.samples,
+        }
+        if not disjoint:
+            report.fidelity_note = (f"measured on the same {calib.samples} sample(s) the "
+                                    "statistics came from (too few to hold any out)")
+        real = calib.feed_at(bound_shapes.shapes())
+        if real is not None:
+            feeds["calibration"] = real
 
     problem: AllocationProblem | None = None
     if mode == "speedup":
@@ -266,10 +290,10 @@ def prune(
             raise TargetUnreachableError(format_unreachable(problem, config.speedup))
 
     hessians = None
-    if calib is not None:
-        total = len(calib.batches)
+    if fit is not None and runner is not None:
+        total = len(fit.batches)
         accumulators = collect_hessians(
-            runner, candidates, calib,
+            runner, candidates, fit,
             progress=lambda d, t: _emit(progress, "collecting statistics", d, t),
         )
         hessians = {name: acc.H for name, acc in accumulators.items()}
@@ -289,104 +313,66 @@ def prune(
         _emit(progress, "solving layer options", solved["n"], len(candidates))
 
     database = build_database(candidates, options, hessians, progress=on_solved)
+    realizer = Realizer(
+        config, model, dense_payload, candidates, runtime, feeds, _configured_layouts(config),
+        runner=runner, fit=fit,
+        verify_scorer=fidelity_scorer(runner, verify) if runner and verify else None,
+        progress=progress,
+    )
 
     if mode != "speedup":
         chosen = {c.name: database[c.name][-1] for c in candidates}
-        return _finish(model, dense_payload, candidates, chosen, report, config, runtime, feed,
-                       calib, runner, out_path, started, progress, problem=None)
+        if config.dry_run:
+            return _dry(report, candidates, chosen, None, started)
+        attempt = realizer.realize(chosen)
+        if attempt.fidelity is not None and bound is not None and not bound.holds(attempt.fidelity):
+            report.within_bound = False
+            if not config.best_effort:
+                _fill_layers(report, candidates, attempt.chosen, None)
+                raise TargetUnreachableError(
+                    f"the pruned model breaks the fidelity bound on held-out calibration "
+                    f"samples: {'; '.join(bound.violations(attempt.fidelity))} "
+                    f"({describe(attempt.fidelity)}); nothing written. Prune less, loosen "
+                    "--max-error, or pass --best-effort to write it anyway"
+                )
+        return _finish(realizer.measure(attempt), report, realizer, calib, out_path, started)
 
     assert problem is not None
-    score = None
-    if calib is not None and holdout is not None:
-        score = loss_function(runner, holdout, candidates, database)
-    target = config.speedup
-    best: tuple[float, dict, onnx.ModelProto, PairResult | None] | None = None
-    # Aim a little above the target: a model that only just meets it in the verification run
-    # falls short in about half of a user's later measurements (run-to-run noise is a few %).
-    ceiling = problem.amdahl_bound * 0.999
-    goal = min(target * AIM_MARGIN, max(ceiling, target))
-    if config.best_effort and goal > ceiling:
-        goal = ceiling  # the target is beyond the bound: aim for the fastest reachable model
-    coefs = None
-    layers = problem.layer_choices(database)
-    for round_index in range(max(1, config.verify_rounds + 1)):
-        budget = problem.budget_for(goal)
-        choice = None
-        if score is not None and config.search_budget > 0:
-            # The first round searches in full; tightening rounds refine the coefficients found.
-            result = spdy_search(
-                layers, budget, score,
-                seconds=config.search_budget if coefs is None else config.search_budget / 4,
-                seed=config.seed + round_index, initial_coefs=coefs,
-                max_evaluations=config.search_evaluations or 400,
-                progress=lambda n, loss: _emit(progress, "searching sensitivities", n, 0),
-            )
-            if result is not None:
-                choice, coefs = result.choice, result.coefs
-                report.search = {"evaluations": result.evaluations,
-                                 "loss_plain_dp": result.initial_loss, "loss": result.loss}
-        else:
-            choice = solve_dp(layers, budget)
+    if config.dry_run:
+        from onnxprune.allocate.dp import solve_dp
+
+        goal = min(config.speedup, problem.amdahl_bound * 0.999)
+        choice = solve_dp(problem.layer_choices(database), problem.budget_for(goal))
         if choice is None:
-            if best is not None:
-                break
-            raise TargetUnreachableError(format_unreachable(problem, target))
+            raise TargetUnreachableError(format_unreachable(problem, config.speedup))
         chosen = {c.name: database[c.name][j] for c, j in zip(candidates, choice, strict=True)}
-        predicted = problem.predicted_speedup(chosen)
-        if config.dry_run:
-            report.predicted_speedup = predicted
-            _fill_layers(report, candidates, chosen, problem)
-            report.wall_s = time.monotonic() - started
-            return report
-        if runner is not None and fit is not None and config.sequential:
-            chosen = sequential_resolve(runner, model, candidates, chosen, fit)
-        pruned = materialize(model, candidates, chosen, _configured_layouts(config))
-        _emit(progress, "measuring speedup", 0, 1)
-        measured = measure_speedup(dense_payload, pruned, feed, runtime)
-        if measured.speedup_median < target:
-            # One measurement can be a burst of outside load: measure again before tightening,
-            # and judge by the mean of both (never by the better one alone).
-            again = measure_speedup(dense_payload, pruned, feed, runtime)
-            measured = replace(
-                measured, speedup_median=(measured.speedup_median + again.speedup_median) / 2,
-                pairs=measured.pairs + again.pairs,
-            )
-        _emit(progress, "measuring speedup", 1, 1)
-        report.rounds.append({"round": round_index + 1, "goal": goal, "predicted": predicted,
-                              "measured": measured.speedup_median,
-                              "budget_s": budget})
-        logger.info("round %d: predicted %.2fx, measured %.2fx (target %.2fx)", round_index + 1,
-                    predicted, measured.speedup_median, target)
-        if best is None or measured.speedup_median > best[3].speedup_median:
-            best = (predicted, chosen, pruned, measured)
-        if measured.speedup_median >= target:
-            break
-        # Correct the prediction by its measured bias and allocate again. (Compounding goals
-        # instead overshoots: near the bound a few % more speed costs most of the accuracy.)
-        bias = predicted / max(measured.speedup_median, 1e-6)
-        new_goal = min(target * bias * RETRY_MARGIN, goal * MAX_GOAL_STEP,
-                       problem.amdahl_bound * 0.999)
-        if new_goal <= goal * 1.001:
-            new_goal = min(goal * 1.02, problem.amdahl_bound * 0.999)
-        if new_goal <= goal:
-            break
-        goal = new_goal
-    assert best is not None
-    predicted, chosen, pruned, measured = best
-    report.predicted_speedup = predicted
-    report.measured = measured
-    report.met_target = measured.speedup_median >= target
-    if not report.met_target and not config.best_effort:
-        _fill_layers(report, candidates, chosen, problem)
-        raise TargetUnreachableError(
-            f"measured {measured.speedup_median:.2f}x after {len(report.rounds)} round(s), short "
-            f"of the {target:g}x target (predicted {predicted:.2f}x, bound "
-            f"{problem.amdahl_bound:.2f}x); nothing written. Use --best-effort to write the "
-            "fastest model found, or a lower --speedup"
-        )
-    return _finish(model, dense_payload, candidates, chosen, report, config, runtime, feed,
-                   calib, runner, out_path, started, progress, problem=problem, pruned=pruned,
-                   measured=measured)
+        return _dry(report, candidates, chosen, problem, started)
+    search_fidelity = fidelity_scorer(runner, search) if runner and search else None
+    result = run_contract(config, problem, candidates, database, realizer, bound=bound,
+                          search_fidelity=search_fidelity,
+                          search_samples=search.samples if search else 0, progress=progress)
+    report.rounds = list(result.rounds)
+    report.search = result.search
+    report.at_target = result.at_target.fidelity if result.at_target else None
+    if result.attempt is None or (not result.met and not config.best_effort):
+        if result.attempt is not None:
+            report.predicted_speedup = result.attempt.predicted
+            report.measured = result.attempt.measured
+            _fill_layers(report, candidates, result.attempt.chosen, problem)
+        raise TargetUnreachableError(result.message or format_unreachable(problem, config.speedup))
+    attempt = result.attempt
+    report.predicted_speedup = attempt.predicted
+    report.met_target = result.met
+    return _finish(attempt, report, realizer, calib, out_path, started, problem)
+
+
+def _dry(report: Report, candidates: Sequence[Candidate], chosen: Mapping[str, PrunedWeight],
+         problem: AllocationProblem | None, started: float) -> Report:
+    if problem is not None:
+        report.predicted_speedup = problem.predicted_speedup(chosen)
+    _fill_layers(report, candidates, chosen, problem)
+    report.wall_s = time.monotonic() - started
+    return report
 
 
 def _select(analysis: GraphAnalysis, exclude: str | None) -> tuple[list[Candidate],
@@ -428,37 +414,20 @@ def _fill_layers(report: Report, candidates: Sequence[Candidate],
         ))
 
 
-def _finish(
-    model: onnx.ModelProto, dense_payload: bytes, candidates: Sequence[Candidate],
-    chosen: dict[str, PrunedWeight], report: Report, config: PruneConfig,
-    runtime: RuntimeConfig, feed: Mapping[str, np.ndarray], calib: CalibSet | None,
-    runner: StitchedRunner | None, out_path: Path, started: float, progress: Progress | None,
-    *, problem: AllocationProblem | None, pruned: onnx.ModelProto | None = None,
-    measured: PairResult | None = None,
-) -> Report:
-    """Sequential re-solve (uniform modes), materialize, check, measure, write."""
-    if pruned is None:
-        if runner is not None and calib is not None and config.sequential:
-            chosen = sequential_resolve(runner, model, candidates, chosen, calib)
-        if config.dry_run:
-            _fill_layers(report, candidates, chosen, problem)
-            report.wall_s = time.monotonic() - started
-            return report
-        pruned = materialize(model, candidates, chosen, _configured_layouts(config))
-    _fill_layers(report, candidates, chosen, problem)
+def _finish(attempt: Attempt, report: Report, realizer: Realizer, calib: CalibSet | None,
+            out_path: Path, started: float, problem: AllocationProblem | None = None) -> Report:
+    """Check exactness against masked-dense, then write atomically and complete the report."""
+    _fill_layers(report, realizer.candidates, attempt.chosen, problem)
     if all(layer.option.layout == "dense" for layer in report.layers):
         report.notes.append("every node stayed dense: nothing was pruned")
-    reference = runner or StitchedRunner(model, candidates)
-    weights = {name: s.weight for name, s in chosen.items()}
-    check_feed = calib.batches[0] if calib is not None else feed
-    report.exactness = check_exact(pruned, reference, weights, check_feed)
-    report.quality = quality_summary(reference, weights, calib) if calib is not None else None
-    if measured is None:
-        _emit(progress, "measuring speedup", 0, 1)
-        measured = measure_speedup(dense_payload, pruned, feed, runtime)
-        _emit(progress, "measuring speedup", 1, 1)
-    report.measured = measured
-    save_model_atomic(pruned, out_path)
+    reference = realizer.runner or StitchedRunner(realizer.model, realizer.candidates)
+    check_feed = calib.batches[0] if calib is not None else realizer.timing_feeds["synthetic"]
+    report.exactness = check_exact(attempt.pruned, reference, attempt.weights, check_feed)
+    report.fidelity = attempt.fidelity
+    if report.bound is not None and attempt.fidelity is not None:
+        report.within_bound = report.bound.holds(attempt.fidelity)
+    report.measured = attempt.measured
+    save_model_atomic(attempt.pruned, out_path)
     report.written = True
     report.size_after = out_path.stat().st_size
     report.wall_s = time.monotonic() - started

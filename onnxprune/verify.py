@@ -3,8 +3,8 @@
 Two independent checks before anything is written. Exactness: the materialized model's outputs
 must equal the stitched model fed the same pruned weights (masked-dense computation), on real
 calibration inputs when there are some and synthetic ones otherwise. Speed: the pruned model is
-timed against the input model with interleaved runs and the median of the pair ratios — the same
-measurement ``onnxprune bench`` makes.
+timed against the input model in several fresh pairs of sessions, each with interleaved runs and
+the median of the pair ratios — the same measurement ``onnxprune bench`` makes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from onnxprune.latency.measure import PairResult, bench_pair
+from onnxprune.latency.measure import SpeedResult, bench_sessions
 from onnxprune.reconstruct.stitch import StitchedRunner
 from onnxprune.runtime import RuntimeConfig, make_session
 
@@ -63,9 +63,15 @@ def check_exact(
 def measure_speedup(
     dense: onnx.ModelProto | bytes,
     pruned: onnx.ModelProto | bytes,
-    feed: Mapping[str, np.ndarray],
+    feeds: Mapping[str, Mapping[str, np.ndarray]],
     runtime: RuntimeConfig,
+    *,
+    sessions: int = 5,
     seconds: float = 6.0,
-) -> PairResult:
-    """Speedup of ``pruned`` over ``dense`` (interleaved A/B, median of ratios)."""
-    return bench_pair(dense, pruned, dict(feed), runtime, max_seconds=seconds)
+) -> SpeedResult:
+    """Speedup of ``pruned`` over ``dense`` in ``sessions`` fresh session pairs.
+
+    Each session pair is an interleaved A/B comparison (median of pair ratios); ``feeds`` are
+    named input sets (synthetic, and real calibration inputs when there are some) taken in turn.
+    """
+    return bench_sessions(dense, pruned, feeds, runtime, sessions=sessions, seconds=seconds)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnxprune.calib import check_against_model, load_calib_dir, load_calib_reader
+from onnxprune.calib import CalibSet, check_against_model, load_calib_dir, load_calib_reader
 from onnxprune.errors import UserError
 from onnxprune.graph.load import load_model
 
@@ -22,8 +22,33 @@ def test_shipped_npz_folder_loads_with_labels():
     calib = check_against_model(load_calib_dir(CALIB, 1000), load_model(MLP))
     assert calib.samples == 240 and calib.has_labels
     assert set(calib.batches[0]) == {"input"}
-    fit, holdout = calib.split(0.25)
-    assert fit.samples + holdout.samples == 240 and holdout.samples > 0
+    fit, search, verify = calib.partition()
+    assert (fit.samples, search.samples, verify.samples) == (144, 48, 48)
+    # Disjoint and in order: no sample the search or the statistics saw is held out.
+    firsts = [part.batches[0]["input"][0] for part in (fit, search, verify)]
+    assert not np.array_equal(firsts[0], firsts[2]) and not np.array_equal(firsts[1], firsts[2])
+
+
+def test_partition_of_few_batches_cuts_samples_and_keeps_labels():
+    rng = np.random.default_rng(0)
+    feed = {"input": rng.random((20, 64)).astype(np.float32)}
+    calib = CalibSet((feed,), (np.arange(20),), "test")
+    fit, search, verify = calib.partition()
+    assert (fit.samples, search.samples, verify.samples) == (10, 5, 5)
+    assert list(verify.labels[0]) == list(range(15, 20))
+    tiny = CalibSet(({"input": feed["input"][:2]},), (None,), "test")
+    assert all(part is tiny for part in tiny.partition())  # too few to hold any out
+
+
+def test_feed_at_deployment_shape_repeats_real_samples():
+    rng = np.random.default_rng(0)
+    batches = ({"input": rng.random((3, 64)).astype(np.float32)},
+               {"input": rng.random((2, 64)).astype(np.float32)})
+    calib = CalibSet(batches, (None, None), "test")
+    feed = calib.feed_at({"input": (12, 64)})
+    assert feed["input"].shape == (12, 64)
+    np.testing.assert_array_equal(feed["input"][5:10], feed["input"][:5])
+    assert calib.feed_at({"input": (12, 32)}) is None  # other sample shape: not usable
 
 
 def test_cap_on_samples():

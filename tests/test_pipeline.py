@@ -77,6 +77,37 @@ def test_unreachable_target_exits_3_and_writes_nothing(tmp_path, cache_dir):
     assert not out.exists()
 
 
+def test_speed_beyond_a_tight_fidelity_bound_exits_3_and_names_both_numbers(tmp_path, cache_dir):
+    out = tmp_path / "tight.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "onnxprune", str(MODELS / "digits_cnn.onnx"), str(out),
+         "--speedup", "2", "--max-error", "0.02", "--calib", str(CALIB / "digits_cnn"),
+         "--shape", "input=64x1x8x8", "--threads", "2", "--search-budget", "2",
+         "--verify-sessions", "2", "--cache-dir", str(cache_dir), "--quiet"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    # Both numbers: the fidelity at the requested speed, and the best speed within the bound.
+    assert "at the requested 2x" in message and "> 0.02" in message
+    assert "the fastest model within the fidelity bound measured" in message
+    assert not out.exists()
+
+
+def test_best_effort_writes_the_fastest_model_within_the_bound(tmp_path, cache_dir):
+    out = tmp_path / "within.onnx"
+    config = PruneConfig(speedup=2.0, max_error=0.02, calib_dir=CALIB / "digits_cnn",
+                         shapes={"input": (64, 1, 8, 8)}, threads=2, search_budget=2,
+                         verify_sessions=2, cache_dir=cache_dir, best_effort=True)
+    report = prune(MODELS / "digits_cnn.onnx", out, config)
+    assert report.written and out.exists() and report.met_target is False
+    assert report.fidelity is not None and report.fidelity.error <= 0.02
+    assert report.within_bound is True
+    assert report.at_target is not None and report.at_target.error > 0.02
+    assert any(row.get("within_bound") is False for row in report.rounds)
+
+
 def test_dry_run_plans_without_writing(tmp_path, cache_dir):
     out = tmp_path / "dry.onnx"
     config = PruneConfig(speedup=1.3, shapes={"input": (64, 64)}, threads=2,
@@ -90,6 +121,11 @@ def test_dry_run_plans_without_writing(tmp_path, cache_dir):
     assert min(1.3, bound * 0.999) * 0.99 <= planned <= bound * 1.001
     assert report.layers and any(layer.option.layout != "dense" for layer in report.layers)
     assert any("no calibration data" in note for note in report.notes)
+    # Without calibration data fidelity cannot be measured: null in the JSON, with the reason.
+    from onnxprune.report.summary import report_to_json
+
+    data = report_to_json(report)
+    assert data["fidelity"] is None and "no calibration data" in data["fidelity_reason"]
 
 
 def test_nm_mode_writes_the_pattern(tmp_path):
@@ -114,21 +150,29 @@ def test_sparsity_mode_needs_one_layout(tmp_path):
 def test_uniform_block_sparsity_with_json(tmp_path):
     out = tmp_path / "block.onnx"
     json_path = tmp_path / "report.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "onnxprune", str(MODELS / "digits_transformer.onnx"), str(out),
-         "--sparsity", "0.5", "--layouts", "block", "--calib",
-         str(CALIB / "digits_transformer"), "--json", str(json_path), "--threads", "2",
-         "--quiet"],
-        capture_output=True, text=True, timeout=300,
-    )
+    command = [sys.executable, "-m", "onnxprune", str(MODELS / "digits_transformer.onnx"),
+               str(out), "--sparsity", "0.5", "--layouts", "block", "--calib",
+               str(CALIB / "digits_transformer"), "--json", str(json_path), "--threads", "2",
+               "--quiet"]
+    # 50% everywhere costs this small transformer more than the default fidelity bound allows.
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 3, refused.stderr
+    assert "fidelity bound" in refused.stderr and "Traceback" not in refused.stderr
+    assert not out.exists()
+    result = subprocess.run([*command, "--max-error", "0.9"], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr
     data = json.loads(json_path.read_text())
     assert data["written"] and data["mode"] == "sparsity"
+    assert data["within_fidelity_bound"] is True
+    assert 0.2 < data["fidelity"]["relative_error"] <= 0.9
+    assert data["fidelity"]["samples"] == data["calibration"]["verify_samples"] == 48
     block_layers = [layer for layer in data["layers"] if layer["layout"] == "block"]
     assert len(block_layers) >= 8
     assert all(abs(layer["level"] - 0.5) < 0.13 for layer in block_layers)
     assert data["weights_after"] < data["weights_before"]
     assert data["measured_speedup"]["pairs"] >= 5
+    assert len(data["measured_speedup"]["sessions"]) == 5
     assert data["max_relative_difference_vs_masked_dense"] < 1e-3
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.run(None, {"input": EVAL["input_seq"][:7]})[0].shape == (7, 10)

@@ -1,4 +1,9 @@
-"""The pruning report: a terminal summary (per node and totals) and the same as JSON."""
+"""The pruning report: a terminal summary and the same as JSON, leading with what a user checks.
+
+First the contract — measured speedup with its spread across fresh sessions, next to the target,
+the prediction and the Amdahl bound; fidelity per output on held-out calibration samples, next to
+the bound — then the per-node detail.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ def _ms(seconds: float | None) -> str:
 
 def report_to_json(report: Report) -> dict:
     """Plain data for ``--json``: same content as the terminal summary, plus the fingerprint."""
+    fidelity = report.fidelity.to_json() if report.fidelity else None
     data = {
         "input": report.input_path,
         "output": report.output_path if report.written else None,
@@ -23,16 +29,21 @@ def report_to_json(report: Report) -> dict:
         "mode": report.mode,
         "target_speedup": report.target_speedup,
         "met_target": report.met_target,
+        "measured_speedup": report.measured.to_json() if report.measured else None,
+        "fidelity": fidelity,
+        "fidelity_reason": report.fidelity_note if fidelity is None else None,
+        "fidelity_note": report.fidelity_note if fidelity is not None else None,
+        "fidelity_bound": report.bound.to_json() if report.bound else None,
+        "within_fidelity_bound": report.within_bound,
+        "fidelity_at_target": report.at_target.to_json() if report.at_target else None,
+        "predicted_speedup": report.predicted_speedup,
+        "amdahl_bound": report.amdahl_bound,
         "provider": report.provider,
         "threads": report.threads,
         "input_shapes": {k: list(v) for k, v in report.input_shapes.items()},
-        "predicted_speedup": report.predicted_speedup,
-        "measured_speedup": report.measured.to_json() if report.measured else None,
-        "amdahl_bound": report.amdahl_bound,
         "rounds": report.rounds,
         "calibration": report.calibration,
         "search": report.search,
-        "quality": report.quality,
         "max_relative_difference_vs_masked_dense": report.exactness,
         "weights_before": sum(layer.weights_before for layer in report.layers),
         "weights_after": sum(layer.weights_after for layer in report.layers),
@@ -55,8 +66,7 @@ def report_to_json(report: Report) -> dict:
     return data
 
 
-def render_report(console: Console, report: Report) -> None:
-    """Print the per-node table, the totals and the notes."""
+def _layer_table(report: Report) -> Table:
     table = Table(title="Per node", title_justify="left")
     for column, justify in (("node", "left"), ("op", "left"), ("layout", "left"),
                             ("removed", "right"), ("layer error", "right"),
@@ -69,7 +79,41 @@ def render_report(console: Console, report: Report) -> None:
             layer.op, layer.option.label, f"{removed:.0%}", f"{layer.err:.4f}",
             _ms(layer.time_dense_s), _ms(layer.time_after_s),
         )
-    console.print(table)
+    return table
+
+
+def _fidelity_lines(report: Report) -> list[str]:
+    fid = report.fidelity
+    if fid is None:
+        return [f"[bold]fidelity:[/bold] {report.fidelity_note or 'not measured'}"]
+    bound = report.bound
+    limit = (f"bound {bound.max_error:g}" if bound and bound.max_error is not None
+             else "no bound (--no-fidelity-bound)")
+    verdict = "" if report.within_bound is None else (
+        " [green]within the bound[/green]" if report.within_bound else
+        " [red]BEYOND the bound[/red]")
+    samples = (report.calibration or {}).get("verify_samples", fid.samples)
+    lines = [f"[bold]fidelity[/bold] on {samples} held-out calibration samples: relative output "
+             f"error {fid.error:.3f} ({limit}){verdict}"]
+    for out in fid.outputs:
+        cosine = "" if out.cosine_mean is None else (
+            f", cosine {out.cosine_mean:.4f} (worst position {out.cosine_min:.3f})")
+        lines.append(f"  output {out.name}: relative error {out.error_mean:.3f} mean, "
+                     f"{out.error_p95:.3f} p95 over {out.positions} positions{cosine}")
+    if fid.accuracy_drop is not None:
+        limit = ("" if not bound or bound.max_accuracy_drop is None
+                 else f", bound {bound.max_accuracy_drop:g} points")
+        lines.append(f"  accuracy {fid.accuracy_dense:.3f} -> {fid.accuracy_pruned:.3f} "
+                     f"({fid.accuracy_drop:+.1f} points drop on {fid.labelled} labelled samples; "
+                     f"one sample = {100 / fid.labelled:.1f} points{limit})")
+    if report.fidelity_note:
+        lines.append(f"  note: {report.fidelity_note}")
+    return lines
+
+
+def render_report(console: Console, report: Report) -> None:
+    """Print the per-node table and not-pruned list, then the headline: speed and fidelity."""
+    console.print(_layer_table(report))
     if report.skipped:
         console.print(f"not pruned ({len(report.skipped)}):")
         for skip in report.skipped:
@@ -80,31 +124,33 @@ def render_report(console: Console, report: Report) -> None:
         console.print(
             f"prunable weights: {before:,} -> {after:,} ({1 - after / before:.1%} removed)"
         )
-    if report.quality:
-        q = report.quality
-        line = f"calibration output nMSE vs dense: {q['output_nmse']:.4g}"
-        if "accuracy_dense" in q:
-            line += (f"; calibration accuracy {q['accuracy_dense']:.3f} -> "
-                     f"{q['accuracy_pruned']:.3f} ({q['labelled_samples']} samples)")
-        console.print(line)
     if report.search:
         s = report.search
-        console.print(f"SPDY search: {s['evaluations']} allocations scored, calibration loss "
+        console.print(f"SPDY search: {s['evaluations']} allocations scored on "
+                      f"{s.get('samples', '?')} calibration samples, relative output error "
                       f"{s['loss_plain_dp']:.4g} (plain DP) -> {s['loss']:.4g}")
-    if report.amdahl_bound is not None:
-        console.print(f"reachable speedup (Amdahl bound): {report.amdahl_bound:.2f}x")
-    if report.predicted_speedup is not None:
-        console.print(f"predicted speedup: {report.predicted_speedup:.2f}x")
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
     if report.measured is not None:
         m = report.measured
         target = f" (target {report.target_speedup:g}x)" if report.target_speedup else ""
+        extra = []
+        if report.predicted_speedup is not None:
+            extra.append(f"predicted {report.predicted_speedup:.2f}x")
+        if report.amdahl_bound is not None:
+            extra.append(f"Amdahl bound {report.amdahl_bound:.2f}x")
         console.print(
-            f"[bold]measured speedup: {m.speedup_median:.2f}x[/bold]{target}  "
-            f"[{m.speedup_q25:.2f}-{m.speedup_q75:.2f} interquartile over {m.pairs} interleaved "
-            f"pairs; {m.time_a_s * 1e3:.3f} ms -> {m.time_b_s * 1e3:.3f} ms]"
+            f"[bold]measured speedup: {m.speedup:.2f}x[/bold]{target}  "
+            f"[{len(m.sessions)} fresh sessions: {m.speedup_min:.2f}-{m.speedup_max:.2f}, "
+            f"lower quartile {m.speedup_low:.2f}x; {m.time_a_s * 1e3:.3f} ms -> "
+            f"{m.time_b_s * 1e3:.3f} ms]" + (f"  {', '.join(extra)}" if extra else "")
         )
-    for note in report.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
+    elif report.amdahl_bound is not None:
+        console.print(f"reachable speedup (Amdahl bound): {report.amdahl_bound:.2f}x")
+        if report.predicted_speedup is not None:
+            console.print(f"predicted speedup: {report.predicted_speedup:.2f}x")
+    for line in _fidelity_lines(report):
+        console.print(line)
     if report.written:
         console.print(f"wrote {report.output_path} ({report.size_before / 1024:.0f} KiB -> "
                       f"{report.size_after / 1024:.0f} KiB) in {report.wall_s:.1f} s")

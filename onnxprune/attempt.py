@@ -1,0 +1,100 @@
+"""One candidate output model: realized from an allocation, checked for fidelity, timed.
+
+The pipeline and the contract loop (:mod:`onnxprune.contract`) both turn allocations into models
+the same way: re-solve the chosen options sequentially on the fit data, materialize the graph,
+measure fidelity on the held-out verify data, and — when it is worth it — time it against the dense
+model in fresh sessions. :class:`Realizer` holds what that needs so no stage re-derives it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx
+
+from onnxprune.calib import CalibSet
+from onnxprune.config import PruneConfig
+from onnxprune.fidelity import Fidelity, Scorer
+from onnxprune.graph.candidates import Candidate
+from onnxprune.latency.measure import SpeedResult
+from onnxprune.layouts.base import Layout, PrunedWeight
+from onnxprune.materialize import materialize
+from onnxprune.reconstruct.sequential import sequential_resolve
+from onnxprune.reconstruct.stitch import StitchedRunner
+from onnxprune.runtime import RuntimeConfig
+from onnxprune.verify import measure_speedup
+
+logger = logging.getLogger("onnxprune")
+
+Progress = Callable[[str, int, int], None]
+"""(stage description, done, total): the CLI shows it as a progress bar."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A materialized candidate output and what is known about it.
+
+    Attributes:
+        chosen: the solution per candidate name (after the sequential re-solve).
+        pruned: the materialized model.
+        goal: the speedup the allocation aimed at (None in the uniform modes).
+        predicted: the latency table's predicted speedup (None in the uniform modes).
+        fidelity: agreement with the dense model on the verify data (None: no calibration data).
+        measured: the speed measured in fresh sessions (None: not timed).
+    """
+
+    chosen: Mapping[str, PrunedWeight]
+    pruned: onnx.ModelProto
+    goal: float | None = None
+    predicted: float | None = None
+    fidelity: Fidelity | None = None
+    measured: SpeedResult | None = None
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        return {name: solution.weight for name, solution in self.chosen.items()}
+
+
+@dataclass(frozen=True)
+class Realizer:
+    """Turns allocations into :class:`Attempt` s (see the module docstring)."""
+
+    config: PruneConfig
+    model: onnx.ModelProto
+    dense_payload: bytes
+    candidates: Sequence[Candidate]
+    runtime: RuntimeConfig
+    timing_feeds: Mapping[str, Mapping[str, np.ndarray]]
+    layouts: Mapping[str, Layout]
+    runner: StitchedRunner | None = None
+    fit: CalibSet | None = None
+    verify_scorer: Scorer | None = None
+    progress: Progress | None = None
+
+    def realize(self, chosen: Mapping[str, PrunedWeight], goal: float | None = None,
+                predicted: float | None = None) -> Attempt:
+        """Sequential re-solve (with calibration data), materialize, fidelity on verify data."""
+        chosen = dict(chosen)
+        if self.runner is not None and self.fit is not None and self.config.sequential:
+            chosen = sequential_resolve(self.runner, self.model, self.candidates, chosen, self.fit)
+        pruned = materialize(self.model, self.candidates, chosen, self.layouts)
+        fidelity = None
+        if self.verify_scorer is not None:
+            fidelity = self.verify_scorer({n: s.weight for n, s in chosen.items()})
+        return Attempt(chosen, pruned, goal, predicted, fidelity)
+
+    def measure(self, attempt: Attempt) -> Attempt:
+        """Time ``attempt`` against the dense model in fresh session pairs."""
+        if self.progress:
+            self.progress("measuring speedup", 0, self.config.verify_sessions)
+        measured = measure_speedup(
+            self.dense_payload, attempt.pruned, self.timing_feeds, self.runtime,
+            sessions=self.config.verify_sessions, seconds=self.config.verify_seconds,
+        )
+        if self.progress:
+            self.progress("measuring speedup", self.config.verify_sessions,
+                          self.config.verify_sessions)
+        return replace(attempt, measured=measured)
