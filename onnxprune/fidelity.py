@@ -4,10 +4,11 @@ A pooled number hides damage: one large, easy output (a feature map, an embeddin
 small destroyed one (box scores, one step of a sequence), and a few large-norm samples can swamp
 many small ones. So every float output is compared on its own, and within it *per position*: an
 output of shape ``[d0, …, dk]`` is read as ``d0·…·dk-1`` vectors of length ``dk`` (a class-score
-row, one sequence step, one embedding, one row of a box tensor; a 1-D output's elements), and each vector's relative error
-``‖y − y_dense‖ / ‖y_dense‖`` and cosine are taken separately. A vector whose dense norm is tiny
-next to its output's typical vector (padding, an empty box row) is measured against a floor of
-``FLOOR`` times that output's RMS vector norm, so it cannot produce an infinite error from noise.
+row, one sequence step, one embedding, one row of a box tensor; a 1-D output's elements), and
+each vector's relative error ``‖y − y_dense‖ / ‖y_dense‖`` and cosine are taken separately. A
+vector whose dense norm is tiny next to its output's typical vector (padding, an empty box row) is
+measured against a floor of ``FLOOR`` times that output's RMS vector norm, so it cannot produce
+an infinite error from noise.
 
 Integer and boolean outputs (indices, class ids, masks) count the fraction of positions that
 differ as their error. With labels, top-1 accuracy before and after is reported too.
