@@ -157,6 +157,9 @@ def run_profile(model_path: str, *, shapes, provider, threads, json_path, layout
         "dense_total_s": table.dense_total_s, "base_s": table.base_s,
         "predicted_dense_s": table.base_s + table.isolated_dense_s, "gap_s": table.gap_s,
         "scale": table.scale, "amdahl_bound": table.amdahl_bound(names),
+        "amdahl_bound_spread": table.bound_spread(names),
+        "unattributed_s": max(table.dense_total_s - sum(table.profile.node_times.values()), 0.0)
+        if table.profile else None,
         "timings_run": table.timings_run, "timings_cached": table.timings_cached,
         "fingerprint": table.fingerprint, "environment": dict(table.environment),
     }

@@ -286,8 +286,16 @@ def prune(
         report.amdahl_bound = problem.amdahl_bound
         report.fingerprint = problem.fingerprint
         options = problem.options
-        if config.speedup > problem.amdahl_bound and not config.best_effort:
+        reach = problem.amdahl_bound * (1 + problem.bound_spread)
+        if config.speedup > reach and not config.best_effort:
             raise TargetUnreachableError(format_unreachable(problem, config.speedup))
+        if config.speedup > problem.amdahl_bound:
+            report.notes.append(
+                f"the {config.speedup:g}x target lies within the measurement spread of the "
+                f"Amdahl bound ({problem.amdahl_bound:.2f}x ± "
+                f"{problem.amdahl_bound * problem.bound_spread:.2f}): the fastest allocation is "
+                "tried and the measured speed decides"
+            )
 
     hessians = None
     if fit is not None and runner is not None:

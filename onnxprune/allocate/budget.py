@@ -79,6 +79,13 @@ class AllocationProblem:
                       for c in self.candidates)
         return self.total_s / max(self.base_s + fastest, 1e-12)
 
+    @property
+    def bound_spread(self) -> float:
+        """Relative uncertainty of :attr:`amdahl_bound` (≈ 2 standard errors)."""
+        fastest = {c.name: min(self.options[c.name], key=lambda o, n=c.name: self.option_time(n, o))
+                   for c in self.candidates}
+        return self.table.bound_spread_of(fastest)
+
     def budget_for(self, speedup: float) -> float:
         """Seconds available to the candidates for the whole model to run ``speedup``x faster."""
         return self.total_s / speedup - self.base_s
@@ -138,8 +145,10 @@ def format_unreachable(problem: AllocationProblem, target: float) -> str:
     stuck.sort(reverse=True)
     worst = ", ".join(f"{name} ({best * 1e3:.3g} ms at best, {dense * 1e3:.3g} ms dense)"
                       for best, dense, name in stuck[:3])
+    spread = problem.amdahl_bound * problem.bound_spread
     return (
-        f"a {target:g}x speedup is not reachable: at most {problem.amdahl_bound:.2f}x with the "
+        f"a {target:g}x speedup is not reachable: at most {problem.amdahl_bound:.2f}x "
+        f"(± {spread:.2f}, the measurement's spread) with the "
         f"allowed layouts (Amdahl bound). {base_share:.0%} of the model's "
         f"{problem.total_s * 1e3:.3g} ms is in nodes that cannot be pruned; the slowest "
         f"prunable nodes even at their fastest: {worst}"

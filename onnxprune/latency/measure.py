@@ -287,6 +287,81 @@ def bench_pair(
 
 
 @dataclass(frozen=True)
+class RatioTiming:
+    """A model timed against a reference, interleaved: robust to drift and to load bursts.
+
+    Attributes:
+        ratio: median over pairs of ``time_model / time_reference``.
+        ratio_rel_se: estimated standard error of ``ratio``, relative to it.
+        reference_s: median seconds per run of the reference in this session pair.
+        model_s: median seconds per run of the model.
+        pairs: pairs timed.
+    """
+
+    ratio: float
+    ratio_rel_se: float
+    reference_s: float
+    model_s: float
+    pairs: int
+
+    def to_json(self) -> dict:
+        return {"ratio": self.ratio, "ratio_rel_se": self.ratio_rel_se,
+                "reference_s": self.reference_s, "model_s": self.model_s, "pairs": self.pairs}
+
+    @staticmethod
+    def from_json(data: Mapping) -> RatioTiming:
+        return RatioTiming(float(data["ratio"]), float(data["ratio_rel_se"]),
+                           float(data["reference_s"]), float(data["model_s"]),
+                           int(data["pairs"]))
+
+
+def time_ratio(
+    reference: onnx.ModelProto | bytes,
+    model: onnx.ModelProto | bytes,
+    feed: Mapping[str, np.ndarray],
+    runtime: RuntimeConfig,
+    *,
+    warmup: int = 3,
+    min_pairs: int = 5,
+    max_pairs: int = 300,
+    max_seconds: float = 1.0,
+    rel_tol: float = 0.02,
+) -> RatioTiming:
+    """Time ``model`` interleaved with ``reference`` (same inputs), until the ratio is stable.
+
+    Pairs alternate their order (AB, BA, ...). Stops after ``min_pairs`` once the ratio's median
+    has an estimated standard error below ``rel_tol`` of itself, or at ``max_pairs`` /
+    ``max_seconds``.
+    """
+    ref = _Runner(reference, feed, runtime)
+    run = _Runner(model, feed, runtime)
+    for _ in range(max(warmup, 0)):
+        ref()
+        run()
+    times_ref: list[float] = []
+    times: list[float] = []
+    deadline = time.perf_counter() + max_seconds
+    summary = Timing(0.0, 0.0, 0)
+    for i in range(max(max_pairs, 1)):
+        if i % 2 == 0:
+            times_ref.append(ref.timed())
+            times.append(run.timed())
+        else:
+            times.append(run.timed())
+            times_ref.append(ref.timed())
+        if i + 1 < min_pairs:
+            continue
+        ratios = np.asarray(times) / np.maximum(np.asarray(times_ref), 1e-12)
+        summary = _summarize(list(ratios))
+        if summary.rel_se < rel_tol or time.perf_counter() >= deadline:
+            break
+    if summary.repeats == 0:
+        summary = _summarize(list(np.asarray(times) / np.maximum(np.asarray(times_ref), 1e-12)))
+    return RatioTiming(summary.median_s, summary.rel_se, float(np.median(times_ref)),
+                       float(np.median(times)), len(times))
+
+
+@dataclass(frozen=True)
 class SpeedResult:
     """A speedup measured in several fresh pairs of ORT sessions, as a user will meet it.
 

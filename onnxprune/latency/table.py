@@ -53,21 +53,28 @@ import onnxruntime as ort
 
 from onnxprune.graph.candidates import Candidate, GraphAnalysis
 from onnxprune.graph.shapes import graph_inputs
-from onnxprune.latency.measure import Timing, run_overhead, time_model
-from onnxprune.latency.profile import ModelProfile, profile_model, profiler_inflation
+from onnxprune.latency.measure import RatioTiming, Timing, run_overhead, time_model, time_ratio
+from onnxprune.latency.profile import (
+    ModelProfile,
+    median_over_sessions,
+    profile_model,
+    profiler_inflation,
+)
 from onnxprune.layouts.base import DENSE, LayoutOption
 from onnxprune.runtime import RuntimeConfig, synthetic_feed
 
 logger = logging.getLogger("onnxprune")
 
 # Bump when the way timings are taken changes, so old cache entries are not reused.
-TIMING_SCHEMA = 2  # 2: measurement sessions run without thread spinning
+TIMING_SCHEMA = 3  # 2: no thread spinning; 3: options timed against their dense reference
 # Net isolated times never drop below this fraction of the raw timing (noise guard).
 _NET_FLOOR = 0.02
 
 Progress = Callable[[int, int, str], None]
 IsolatedBuilder = Callable[[Candidate, LayoutOption, int], onnx.ModelProto]
 Timer = Callable[[onnx.ModelProto, Mapping[str, np.ndarray], RuntimeConfig], Timing]
+PairTimer = Callable[[onnx.ModelProto, onnx.ModelProto, Mapping[str, np.ndarray], RuntimeConfig],
+                     RatioTiming]
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,14 @@ class CandidateLatency:
     nodes: tuple[str, ...]
     profiled_s: float | None
     options: tuple[tuple[LayoutOption, float], ...]
+    rel_se: tuple[float, ...] = ()
+
+    def spread(self, option: LayoutOption) -> float:
+        """Relative standard error of ``option``'s time against the dense time (0: unknown)."""
+        for (known, _), se in zip(self.options, self.rel_se, strict=False):
+            if known == option:
+                return se
+        return 0.0
 
     @property
     def dense_s(self) -> float:
@@ -107,6 +122,7 @@ class CandidateLatency:
             "nodes": list(self.nodes),
             "profiled_s": self.profiled_s,
             "options": [{"option": o.to_json(), "time_s": t} for o, t in self.options],
+            "rel_se": list(self.rel_se),
         }
 
     @staticmethod
@@ -119,6 +135,7 @@ class CandidateLatency:
             options=tuple(
                 (LayoutOption.from_json(o["option"]), float(o["time_s"])) for o in data["options"]
             ),
+            rel_se=tuple(float(x) for x in data.get("rel_se", ())),
         )
 
 
@@ -151,6 +168,7 @@ class LatencyTable:
     timings_run: int = 0
     timings_cached: int = 0
     dropped: tuple[tuple[str, LayoutOption, str], ...] = ()
+    total_spread: float = 0.0
 
     # ----------------------------------------------------------------- lookups
     def candidate(self, name: str) -> CandidateLatency:
@@ -213,6 +231,26 @@ class LatencyTable:
         """Best reachable speedup: ``dense_total / (base + Σ fastest option)``."""
         return self.predicted_speedup(self.fastest(allowed_layouts))
 
+    def bound_spread(self, allowed_layouts: Iterable[str] | None = None) -> float:
+        """Relative uncertainty (≈ 2 standard errors) of :meth:`amdahl_bound`.
+
+        From the dense time's spread over fresh sessions and each fastest option's ratio
+        standard error (independent, added in quadrature).
+        """
+        return self.bound_spread_of(self.fastest(allowed_layouts))
+
+    def bound_spread_of(self, fastest: Mapping[str, LayoutOption]) -> float:
+        """:meth:`bound_spread` for a given fastest option per candidate."""
+        denominator = self.predicted_total(fastest)
+        if denominator <= 0:
+            return 0.0
+        option_var = sum(
+            (self.scale * entry.raw_time(fastest[entry.name]) * entry.spread(fastest[entry.name]))
+            ** 2 for entry in self.candidates
+        )
+        rel = math.sqrt(self.total_spread ** 2 + option_var / denominator ** 2)
+        return 2.0 * rel
+
     # ----------------------------------------------------------------- JSON
     def to_json(self) -> dict:
         return {
@@ -226,6 +264,7 @@ class LatencyTable:
             "fingerprint": self.fingerprint,
             "timings_run": self.timings_run,
             "timings_cached": self.timings_cached,
+            "total_spread": self.total_spread,
             "candidates": [c.to_json() for c in self.candidates],
             "dropped": [
                 {"candidate": c, "option": o.to_json(), "reason": r} for c, o, r in self.dropped
@@ -247,6 +286,7 @@ class LatencyTable:
             profile=ModelProfile.from_json(profile) if profile else None,
             timings_run=int(data.get("timings_run", 0)),
             timings_cached=int(data.get("timings_cached", 0)),
+            total_spread=float(data.get("total_spread", 0.0)),
             dropped=tuple(
                 (d["candidate"], LayoutOption.from_json(d["option"]), d["reason"])
                 for d in data.get("dropped", ())
@@ -327,15 +367,16 @@ class TimingCache:
     match are ignored with a log message. Writes are atomic (temporary file, then rename).
     """
 
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(self, folder: Path | None, read: bool = True) -> None:
         self.folder = folder
+        self.read = read
 
     def _path(self, key: str) -> Path:
         assert self.folder is not None
         return self.folder / f"{key}.json"
 
     def get(self, key: str, meta: Mapping) -> dict | None:
-        if self.folder is None:
+        if self.folder is None or not self.read:
             return None
         path = self._path(key)
         if not path.exists():
@@ -421,6 +462,32 @@ def _code_version(builder: IsolatedBuilder, layout: str) -> str:
     return _source_digest(files)
 
 
+def _timing_key(env: Mapping, builder: IsolatedBuilder, candidate: Candidate, index: int,
+                option: LayoutOption) -> tuple[str, dict]:
+    meta = {
+        "env": env,
+        "code": _code_version(builder, option.layout),
+        "signature": site_signature(candidate, index, option),
+    }
+    return fingerprint(meta), meta
+
+
+def _time_against(
+    reference: onnx.ModelProto, model: onnx.ModelProto, feed: Mapping[str, np.ndarray],
+    runtime: RuntimeConfig, timer: Timer | None, pair_timer: PairTimer | None,
+    reference_s: float | None,
+) -> RatioTiming:
+    """Time an option against its site's dense model (interleaved unless a timer is injected)."""
+    if pair_timer is not None:
+        return pair_timer(reference, model, feed, runtime)
+    if timer is not None:  # an injected single-model timer (tests): ratio to the dense timing
+        timing = timer(model, feed, runtime)
+        ref = reference_s if reference_s else timing.median_s
+        return RatioTiming(timing.median_s / ref, timing.rel_se, ref, timing.median_s,
+                           timing.repeats)
+    return time_ratio(reference, model, feed, runtime)
+
+
 def isolated_feed(model: onnx.ModelProto, site_input_shape: Sequence[int]) -> dict:
     """Synthetic inputs for an isolated model: declared shapes, else the site's activation shape."""
     specs = []
@@ -454,7 +521,9 @@ def build_latency_table(
     progress: Progress | None = None,
     isolated: IsolatedBuilder | None = None,
     timer: Timer | None = None,
+    pair_timer: PairTimer | None = None,
     profile: ModelProfile | None = None,
+    refresh: bool = False,
 ) -> LatencyTable:
     """Measure the latency table of ``model`` on the EP (see the module docstring).
 
@@ -469,19 +538,27 @@ def build_latency_table(
         isolated: builds the isolated model of (candidate, option, site index); default
             ``layouts.isolate`` (dense: ``dense_isolated_model``).
         timer: times an isolated model; default :func:`~onnxprune.latency.measure.time_model`.
+            When given (and ``pair_timer`` is not), options are timed alone with it and related
+            to their site's dense timing.
+        pair_timer: times an option against its site's dense model; default
+            :func:`~onnxprune.latency.measure.time_ratio`.
         profile: a whole-model profile already taken (skips profiling).
+        refresh: re-measure everything (the cache is written, not read).
 
     Returns:
         The table.
     """
     builder = isolated or _default_isolated
+    injected_timer = timer
     timer = timer or time_model
-    cache = TimingCache((cache_dir or default_cache_dir()) if use_cache else None)
+    cache = TimingCache((cache_dir or default_cache_dir()) if use_cache else None,
+                        read=not refresh)
     env = runtime_environment(runtime)
     env_key = fingerprint(env)
 
     # Unique isolated timings: signature key -> (candidate, site, option) that represents it.
     plan: dict[str, tuple[Candidate, int, LayoutOption, dict]] = {}
+    dense_key: dict[str, str] = {}  # timing key -> the key of the same site's dense timing
     per_candidate: dict[str, list[tuple[LayoutOption, list[str]]]] = {}
     for candidate in analysis.candidates:
         wanted = [DENSE, *[o for o in options.get(candidate.name, ()) if o != DENSE]]
@@ -490,13 +567,9 @@ def build_latency_table(
         for option in wanted:
             keys = []
             for index in range(len(candidate.sites)):
-                meta = {
-                    "env": env,
-                    "code": _code_version(builder, option.layout),
-                    "signature": site_signature(candidate, index, option),
-                }
-                key = fingerprint(meta)
+                key, meta = _timing_key(env, builder, candidate, index, option)
                 plan.setdefault(key, (candidate, index, option, meta))
+                dense_key[key] = _timing_key(env, builder, candidate, index, DENSE)[0]
                 keys.append(key)
             rows.append((option, keys))
         per_candidate[candidate.name] = rows
@@ -511,9 +584,10 @@ def build_latency_table(
             progress(done, total_steps, description)
 
     # 1. Whole model: profile (cached by the model's content, the shapes and the environment).
+    total_spread = 0.0
     if profile is None:
         profile = _cached_profile(model, analysis, runtime, cache, env)
-        profile = _consistent_profile(profile, model, analysis, runtime, cache, env)
+        profile, total_spread = _consistent_profile(profile, model, analysis, runtime, cache, env)
     step("profiled the whole model")
     # 2. Per-run overhead.
     overhead_meta = {"env": env, "what": "run_overhead"}
@@ -526,21 +600,39 @@ def build_latency_table(
         cache.put(overhead_key, overhead_meta, overhead.to_json())
     step("measured the per-run overhead")
 
-    # 3. Isolated timings.
+    # 3. Isolated timings. Dense first: each site's dense model is the reference every option of
+    # that site is then timed against, interleaved (time_ratio). A session's timing can sit
+    # 10-30% off the next session's; interleaving cancels drift within a pair, and the site's
+    # dense time becomes the median over all its pairs' reference runs — many fresh sessions.
     raw: dict[str, float] = {}
+    ratios: dict[str, RatioTiming] = {}
+    fresh_keys: set[str] = set()  # option timings measured now (cached once refined)
     failed: dict[str, str] = {}
     run_count = cached_count = 0
-    for key, (candidate, index, option, meta) in plan.items():
+    ordered = sorted(plan.items(), key=lambda item: item[1][2] != DENSE)
+    for key, (candidate, index, option, meta) in ordered:
         site = candidate.sites[index]
         hit = cache.get(key, meta)
-        if hit is not None:
-            timing = Timing.from_json(hit)
+        if hit is not None and (option == DENSE) == ("ratio" not in hit):
+            if option == DENSE:
+                raw[key] = Timing.from_json(hit).median_s
+            else:
+                ratios[key] = RatioTiming.from_json(hit)
             cached_count += 1
         else:
             try:
                 isolated_model = builder(candidate, option, index)
                 feed = isolated_feed(isolated_model, site.input_shape)
-                timing = timer(isolated_model, feed, runtime)
+                if option == DENSE:
+                    timing = timer(isolated_model, feed, runtime)
+                    raw[key] = timing.median_s
+                    cache.put(key, meta, timing.to_json())
+                else:
+                    reference = builder(candidate, DENSE, index)
+                    ratio = _time_against(reference, isolated_model, feed, runtime,
+                                          injected_timer, pair_timer, raw.get(dense_key[key]))
+                    ratios[key] = ratio
+                    fresh_keys.add(key)
             except Exception as exc:
                 if option == DENSE:
                     raise
@@ -554,13 +646,30 @@ def build_latency_table(
                 failed[key] = reason
                 step(f"{candidate.op} {option.label} failed")
                 continue
-            cache.put(key, meta, timing.to_json())
             run_count += 1
-        raw[key] = timing.median_s
         step(
             f"{candidate.op} {'x'.join(map(str, site.input_shape))}->"
             f"{'x'.join(map(str, site.output_shape))} {option.label}"
         )
+    if cached_count and not refresh and not _cache_still_holds(
+            plan, raw, run_count, builder, timer, runtime):
+        again = build_latency_table(
+            model, analysis, options, runtime, cache_dir=cache_dir, use_cache=use_cache,
+            progress=progress, isolated=isolated, timer=injected_timer, pair_timer=pair_timer,
+            profile=profile, refresh=True)
+        return dataclasses.replace(again, total_spread=total_spread)
+    refined = _refine_fastest(plan, ratios, fresh_keys, dense_key, builder, runtime,
+                              injected_timer, pair_timer, raw, cache)
+    run_count += refined
+    references: dict[str, list[float]] = {k: [v] for k, v in raw.items()}
+    for key, ratio in ratios.items():
+        references.setdefault(dense_key[key], []).append(ratio.reference_s)
+    site_dense = {k: float(np.median(v)) for k, v in references.items()}
+    for key, ratio in ratios.items():
+        raw[key] = ratio.ratio * site_dense[dense_key[key]]
+    for key in list(raw):
+        if key in site_dense:
+            raw[key] = site_dense[key]
 
     def net(seconds: float) -> float:
         return max(seconds - overhead.median_s, _NET_FLOOR * seconds)
@@ -568,17 +677,20 @@ def build_latency_table(
     entries = []
     dropped: list[tuple[str, LayoutOption, str]] = []
     for candidate in analysis.candidates:
-        rows_list = []
+        rows_list, spreads = [], []
         for option, keys in per_candidate[candidate.name]:
             errors = [failed[k] for k in keys if k in failed]
             if errors:
                 dropped.append((candidate.name, option, errors[0]))
                 continue
             rows_list.append((option, float(sum(net(raw[k]) for k in keys))))
+            spreads.append(max((ratios[k].ratio_rel_se for k in keys if k in ratios),
+                               default=0.0))
         rows = tuple(rows_list)
         mapped = all(node in profile.node_times for node in candidate.node_names)
         profiled = profile.nodes_time(candidate.node_names) if mapped else None
-        entries.append(CandidateLatency(candidate.name, candidate.node_names, profiled, rows))
+        entries.append(CandidateLatency(candidate.name, candidate.node_names, profiled, rows,
+                                        tuple(spreads)))
 
     base, scale = _base_and_scale(profile, entries)
     table = LatencyTable(
@@ -593,6 +705,7 @@ def build_latency_table(
         timings_run=run_count,
         timings_cached=cached_count,
         dropped=tuple(dropped),
+        total_spread=total_spread,
     )
     logger.info(
         "latency table: %d candidates, %d timings measured, %d from cache; dense %.3f ms, "
@@ -606,6 +719,107 @@ def build_latency_table(
         scale,
     )
     return table
+
+
+REFINE_FASTEST = 3
+"""Per site, the fastest options are timed in this many more fresh session pairs."""
+REFINE_SESSIONS = 2
+DISTURBED = 1.25
+"""A pair whose dense reference ran this far off the site's typical time is re-timed: on a
+2-vCPU VM some fresh sessions run a 2-thread conv at 1-thread speed (2.9 ms instead of 1.6 ms)."""
+
+
+def _refine_fastest(
+    plan: Mapping[str, tuple[Candidate, int, LayoutOption, dict]],
+    ratios: dict[str, RatioTiming], fresh: set[str], dense_key: Mapping[str, str],
+    builder: IsolatedBuilder, runtime: RuntimeConfig, timer: Timer | None,
+    pair_timer: PairTimer | None, raw: Mapping[str, float], cache: TimingCache,
+) -> int:
+    """Time each site's fastest few options again in fresh sessions; keep the median ratio.
+
+    The minimum over dozens of noisy option timings is biased low, and one session can sit
+    10-30% off the next (a grouped conv's NCHWc kernel runs up to 2x slower in some sessions).
+    The fastest options decide the Amdahl bound and most of the DP's choices, so they get the
+    median of ``1 + REFINE_SESSIONS`` session pairs. Before that, every pair whose dense reference
+    ran far from that site's typical reference time (a disturbed session) is timed again, and
+    disturbed pairs are left out of the medians. Returns how many timings were run. Every fresh
+    option timing is written to the cache here, after refinement.
+    """
+    by_site: dict[str, list[str]] = {}
+    for key in fresh:
+        by_site.setdefault(dense_key[key], []).append(key)
+    typical = {site: float(np.median([ratios[k].reference_s for k in keys]))
+               for site, keys in by_site.items()}
+
+    def disturbed(key: str, timing: RatioTiming) -> bool:
+        """The pair's dense reference ran far off its typical time: a disturbed session."""
+        ref = typical[dense_key[key]]
+        return not ref / DISTURBED <= timing.reference_s <= ref * DISTURBED
+
+    def again(key: str) -> RatioTiming:
+        candidate, index, option, _ = plan[key]
+        isolated_model = builder(candidate, option, index)
+        feed = isolated_feed(isolated_model, candidate.sites[index].input_shape)
+        return _time_against(builder(candidate, DENSE, index), isolated_model, feed, runtime,
+                             timer, pair_timer, raw.get(dense_key[key]))
+
+    count = 0
+    for key in fresh:
+        if disturbed(key, ratios[key]):
+            ratios[key] = again(key)
+            count += 1
+    chosen = [key for site_keys in by_site.values()
+              for key in sorted(site_keys, key=lambda k: ratios[k].ratio)[:REFINE_FASTEST]]
+    runs: dict[str, list[RatioTiming]] = {key: [ratios[key]] for key in chosen}
+    # Round-robin over the options, so one option's sessions are spread over the whole pass
+    # rather than falling into the same few seconds of a noisy neighbour.
+    for _ in range(REFINE_SESSIONS):
+        for key in chosen:
+            runs[key].append(again(key))
+            count += 1
+    for key, timings in runs.items():
+        usable = [t for t in timings if not disturbed(key, t)] or timings
+        middle = sorted(usable, key=lambda r: r.ratio)[len(usable) // 2]
+        spread = float(np.std([r.ratio for r in usable]) / max(middle.ratio, 1e-12))
+        ratios[key] = RatioTiming(middle.ratio, max(middle.ratio_rel_se, spread),
+                                  middle.reference_s, middle.model_s,
+                                  sum(r.pairs for r in timings))
+    for key in fresh:
+        cache.put(key, plan[key][3], ratios[key].to_json())
+    return count
+
+
+_CACHE_PROBES = 3
+_CACHE_TOLERANCE = 1.25
+
+
+def _cache_still_holds(
+    plan: Mapping[str, tuple[Candidate, int, LayoutOption, dict]], raw: Mapping[str, float],
+    fresh_count: int, builder: IsolatedBuilder, timer: Timer, runtime: RuntimeConfig,
+) -> bool:
+    """Re-time the heaviest cached dense sites; False when the machine no longer matches them.
+
+    A cached table outlives the conditions it was measured in (a noisy neighbour then, a
+    different CPU frequency now). The few heaviest dense timings are cheap to take again; when
+    their median fresh/cached ratio is off by more than 25%, every cached timing is suspect.
+    """
+    dense = [(raw[k], k) for k, (_, _, option, _) in plan.items()
+             if option == DENSE and k in raw]
+    if not dense or fresh_count >= len(plan):
+        return True
+    ratios = []
+    for cached_s, key in sorted(dense, reverse=True)[:_CACHE_PROBES]:
+        candidate, index, option, _ = plan[key]
+        isolated_model = builder(candidate, option, index)
+        fresh = timer(isolated_model, isolated_feed(isolated_model,
+                                                    candidate.sites[index].input_shape), runtime)
+        ratios.append(fresh.median_s / max(cached_s, 1e-12))
+    ratio = float(np.median(ratios))
+    if 1 / _CACHE_TOLERANCE <= ratio <= _CACHE_TOLERANCE:
+        return True
+    logger.warning("cached latency timings are %.0f%% off what the heaviest nodes measure now; "
+                   "timing everything again", abs(ratio - 1) * 100)
+    return False
 
 
 def _base_and_scale(
@@ -662,20 +876,24 @@ def _consistent_profile(
     runtime: RuntimeConfig,
     cache: TimingCache,
     env: Mapping,
-) -> ModelProfile:
-    """Check the profile's whole-model time against a fresh ~1 s timing of the dense model.
+) -> tuple[ModelProfile, float]:
+    """Check the profile's whole-model time against fresh timings of the dense model.
+
+    Returns the profile and the relative spread (MAD) of the dense time over fresh sessions.
 
     One burst of load from elsewhere during profiling inflates the measured total, hence the base
     time, hence every budget and bound derived from it — and a cached profile would keep that
-    error forever. A profile more than 15% slower than the model runs now is taken again (and
+    error forever. The dense model is timed in three fresh sessions (median of their medians); a
+    profile more than 15% slower than the model runs now is taken again (and
     the cache overwritten); since load only ever makes runs slower, the smaller total is kept.
     """
     from onnxprune.graph.load import stamp_ir_version
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    fresh = time_model(stamp_ir_version(probe), synthetic_feed(analysis.bound.as_tuples()),
-                       runtime, max_seconds=1.0).median_s
+    timing = median_over_sessions(stamp_ir_version(probe).SerializeToString(),
+                                  synthetic_feed(analysis.bound.as_tuples()), runtime)
+    fresh = timing.median_s
     if profile.total_s > fresh * _PROFILE_TOLERANCE:
         logger.warning(
             "the whole-model profile says %.3f ms but the model runs in %.3f ms now (other load "
@@ -684,7 +902,7 @@ def _consistent_profile(
         profile = _cached_profile(model, analysis, runtime, cache, env, refresh=True)
     if fresh < profile.total_s:
         profile = dataclasses.replace(profile, total_s=fresh)
-    return profile
+    return profile, timing.mad_s / fresh if fresh > 0 else 0.0
 
 
 def _cached_profile(

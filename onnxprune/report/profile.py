@@ -33,6 +33,15 @@ def render_profile(console: Console, data: dict, notes: Sequence[str] = ()) -> N
         f"base + Σ isolated dense nodes predicts {data['predicted_dense_s'] * 1e3:.3f} ms "
         f"(gap {data['gap_s'] * 1e3:+.3f} ms, corrected by x{data['scale']:.3f})"
     )
+    if total and data.get("unattributed_s") is not None:
+        console.print(
+            f"time the profiler could not attribute to any node (layout reorders, copies, "
+            f"run overhead): {data['unattributed_s'] * 1e3:.3f} ms "
+            f"({data['unattributed_s'] / total:.0%}), counted as not prunable"
+        )
+    spread = data.get("amdahl_bound_spread") or 0.0
     console.print(f"[bold]maximum reachable speedup (Amdahl bound): "
-                  f"{data['amdahl_bound']:.2f}x[/bold]")
+                  f"{data['amdahl_bound']:.2f}x ± {data['amdahl_bound'] * spread:.2f}[/bold] "
+                  "(± ~2 standard errors: the dense time over 3 fresh sessions and the "
+                  f"fastest options' interleaved ratios)")
     console.print(f"timings: {data['timings_run']} measured, {data['timings_cached']} from cache")

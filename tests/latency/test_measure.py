@@ -8,7 +8,17 @@ import math
 import numpy as np
 import pytest
 
-from onnxprune.latency.measure import PairResult, Timing, bench_pair, time_model, time_runner
+from onnxprune.latency.measure import (
+    PairResult,
+    RatioTiming,
+    SpeedResult,
+    Timing,
+    bench_pair,
+    bench_sessions,
+    time_model,
+    time_ratio,
+    time_runner,
+)
 from onnxprune.runtime import RuntimeConfig
 from tests.latency.builders import mlp
 
@@ -78,3 +88,40 @@ def test_bench_pair_structure_on_identical_models():
         assert math.isfinite(value) and value > 0
     assert result.speedup_q25 <= result.speedup_median <= result.speedup_q75
     assert set(result.to_json()) >= {"speedup_median", "pairs"}
+
+
+def test_time_ratio_of_a_model_against_itself_is_structured():
+    model = mlp()
+    ratio = time_ratio(model, model, _feed(), RUNTIME, min_pairs=5, max_pairs=40,
+                       max_seconds=0.3)
+    assert isinstance(ratio, RatioTiming)
+    assert 5 <= ratio.pairs <= 40
+    assert ratio.ratio > 0 and ratio.reference_s > 0 and ratio.model_s > 0
+    assert ratio.ratio_rel_se >= 0
+    assert RatioTiming.from_json(ratio.to_json()) == ratio
+
+
+def _pair(median: float) -> PairResult:
+    return PairResult(median, median * 0.9, median * 1.1, 2e-3, 2e-3 / median, 10)
+
+
+def test_speed_result_statistics_over_sessions():
+    result = SpeedResult(tuple(_pair(m) for m in (2.0, 1.5, 2.1, 2.2, 1.9)),
+                         ("synthetic", "calibration") * 2 + ("synthetic",))
+    assert result.speedup == pytest.approx(2.0)  # median over sessions
+    assert result.speedup_low == pytest.approx(1.9)  # lower quartile: one bad session tolerated
+    assert (result.speedup_min, result.speedup_max) == (1.5, 2.2)
+    assert result.pairs == 50
+    data = result.to_json()
+    assert len(data["sessions"]) == 5 and data["sessions"][1]["feed"] == "calibration"
+
+
+def test_bench_sessions_makes_fresh_session_pairs_and_takes_feeds_in_turn():
+    model = mlp()
+    seen = []
+    result = bench_sessions(model, model, {"synthetic": _feed(), "calibration": _feed(3)},
+                            RUNTIME, sessions=3, seconds=0.3,
+                            progress=lambda done, total: seen.append((done, total)))
+    assert len(result.sessions) == 3 and seen[-1] == (3, 3)
+    assert result.feeds == ("synthetic", "calibration", "synthetic")
+    assert result.speedup_min <= result.speedup_low <= result.speedup <= result.speedup_max

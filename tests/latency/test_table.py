@@ -15,6 +15,7 @@ from onnxprune.graph.shapes import bind_input_shapes
 from onnxprune.latency.measure import Timing, time_model
 from onnxprune.latency.profile import ModelProfile, profile_model
 from onnxprune.latency.table import (
+    REFINE_SESSIONS,
     CandidateLatency,
     LatencyTable,
     build_latency_table,
@@ -119,6 +120,10 @@ def _build(setup, timer, runtime=RUNTIME, **kwargs):
     )
 
 
+# 3 distinct sites x 3 options, then each site's 2 non-dense options re-timed REFINE_SESSIONS times.
+FRESH = 9 + 3 * 2 * REFINE_SESSIONS
+
+
 def test_identical_layers_are_timed_once(setup, tmp_path):
     timer = CountingTimer()
     progress = []
@@ -129,8 +134,8 @@ def test_identical_layers_are_timed_once(setup, tmp_path):
         progress=lambda done, total, text: progress.append((done, total, text)),
     )
     # 4 candidates, but fc1 and fc2 have the same signature: 3 shapes × 3 options.
-    assert timer.calls == 9
-    assert table.timings_run == 9 and table.timings_cached == 0
+    assert timer.calls == FRESH
+    assert table.timings_run == FRESH and table.timings_cached == 0
     assert {c.name for c in table.candidates} == {f"fc{i}_mm" for i in range(4)}
     assert all(len(c.options) == 3 for c in table.candidates)
     assert progress[-1][0] == progress[-1][1] == len(progress)
@@ -144,8 +149,27 @@ def test_second_build_reuses_the_cache(setup, tmp_path):
     _build(setup, CountingTimer(), cache_dir=tmp_path)
     timer = CountingTimer()
     table = _build(setup, timer, cache_dir=tmp_path)
-    assert timer.calls == 0
-    assert table.timings_cached == 9
+    # Only the re-validation probes run: the three heaviest dense sites, timed again.
+    assert timer.calls == 3
+    assert table.timings_cached == 9 and table.timings_run == 0
+
+
+class SlowerTimer(CountingTimer):
+    """The machine is now 2x slower than when the cache was written."""
+
+    def __call__(self, model, feed, runtime) -> Timing:
+        super().__call__(model, feed, runtime)
+        return Timing(2e-5, 0.0, 5)
+
+
+def test_a_cache_the_machine_no_longer_matches_is_measured_again(setup, tmp_path, caplog):
+    _build(setup, CountingTimer(), cache_dir=tmp_path)
+    timer = SlowerTimer()
+    with caplog.at_level(logging.WARNING, logger="onnxprune"):
+        table = _build(setup, timer, cache_dir=tmp_path)
+    assert "timing everything again" in caplog.text
+    assert timer.calls == 3 + FRESH and table.timings_run == FRESH
+    assert table.timings_cached == 0
 
 
 def test_use_cache_false_writes_nothing(setup, tmp_path):
@@ -157,7 +181,7 @@ def test_changed_threads_miss_the_cache(setup, tmp_path):
     _build(setup, CountingTimer(), cache_dir=tmp_path)
     timer = CountingTimer()
     _build(setup, timer, runtime=RuntimeConfig(threads=2), cache_dir=tmp_path)
-    assert timer.calls == 9
+    assert timer.calls == FRESH
 
 
 def test_changed_shapes_miss_the_cache(setup, tmp_path):
@@ -166,7 +190,7 @@ def test_changed_shapes_miss_the_cache(setup, tmp_path):
     bigger = find_candidates(model, bind_input_shapes(model, {"x": (8, 16)}))
     timer = CountingTimer()
     _build((model, bigger, profile), timer, cache_dir=tmp_path, options=_options(bigger))
-    assert timer.calls == 9
+    assert timer.calls == FRESH
 
 
 def test_environment_fingerprint_changes_with_provider_threads_and_ort(monkeypatch):
@@ -200,12 +224,12 @@ def test_corrupt_cache_files_are_ignored(setup, tmp_path, caplog):
     timer = CountingTimer()
     with caplog.at_level(logging.WARNING, logger="onnxprune"):
         _build(setup, timer, cache_dir=tmp_path)
-    assert timer.calls == 9
+    assert timer.calls == FRESH
     assert "corrupt latency cache" in caplog.text
-    # The re-measured entries replaced the corrupt ones.
+    # The re-measured entries replaced the corrupt ones (only the 3 re-validation probes run).
     timer = CountingTimer()
-    _build(setup, timer, cache_dir=tmp_path)
-    assert timer.calls == 0
+    assert _build(setup, timer, cache_dir=tmp_path).timings_run == 0
+    assert timer.calls == 3
 
 
 def test_an_option_that_cannot_be_built_is_dropped_with_a_reason(setup):
