@@ -125,6 +125,7 @@ def load_bytes(model) -> bytes:
 
 def run_profile(model_path: str, *, shapes, provider, threads, json_path, layouts, cache_dir,
                 quiet, console: Console, load) -> None:
+    from onnxprune.allocate.budget import problem_from_table
     from onnxprune.graph.candidates import find_candidates
     from onnxprune.graph.shapes import bind_input_shapes
     from onnxprune.latency.table import build_latency_table
@@ -133,33 +134,44 @@ def run_profile(model_path: str, *, shapes, provider, threads, json_path, layout
     from onnxprune.report.jsonio import write_json
     from onnxprune.report.profile import render_profile
     from onnxprune.runtime import RuntimeConfig, resolve_provider
+    from onnxprune.structures.context import discover_and_attach, layouts_for
 
     model = load(model_path)
     bound = bind_input_shapes(model, parse_shape_specs(shapes))
     runtime = RuntimeConfig(provider=resolve_provider(provider), threads=threads)
     names = [n for n in (_layouts(layouts) or layouts_fast_on(runtime.provider)) if n != "dense"]
     analysis = find_candidates(model, bound)
-    options = {c.name: candidate_options(c, names) for c in analysis.candidates}
+    candidates, producers, found = list(analysis.candidates), set(), None
+    if "structure" in names:
+        analysis, candidates, producers, found = discover_and_attach(model, analysis, candidates)
+    options = {c.name: candidate_options(c, layouts_for(c, names, producers))
+               for c in candidates}
     with progress_bars(quiet) as progress:
         table = build_latency_table(
             model, analysis, options, runtime, cache_dir=cache_dir,
             progress=lambda done, total, desc: progress("timing layer options", done, total),
         )
-    fastest = table.fastest(names)
+    problem = problem_from_table(table, candidates)
+    fastest = problem.fastest_options()
     rows = [
         {"name": c.name, "op": c.op, "dense_s": table.option_time(c.name, DENSE),
-         "fastest": fastest[c.name].label, "fastest_s": table.option_time(c.name, fastest[c.name])}
-        for c in analysis.candidates
+         "fastest": fastest[c.name].label, "fastest_s": table.option_time(c.name, fastest[c.name]),
+         "structure": c.structure.structure.to_json() if c.structure else None,
+         "role": ("consumer" if c.structure else "producer" if c.name in producers else "node")}
+        for c in candidates
     ]
     data = {
         "model": model_path, "inputs": bound.shapes(), "provider": runtime.provider,
         "threads": threads, "layouts": names, "nodes": rows,
         "dense_total_s": table.dense_total_s, "base_s": table.base_s,
         "predicted_dense_s": table.base_s + table.isolated_dense_s, "gap_s": table.gap_s,
-        "scale": table.scale, "amdahl_bound": table.amdahl_bound(names),
-        "amdahl_bound_spread": table.bound_spread(names),
+        "scale": table.scale, "amdahl_bound": problem.amdahl_bound,
+        "amdahl_bound_spread": problem.bound_spread,
         "unattributed_s": max(table.dense_total_s - sum(table.profile.node_times.values()), 0.0)
         if table.profile else None,
+        "structures": [s.to_json() for s in found.structures] if found else [],
+        "structures_blocked": [{"producer": b.producer, "reason": b.reason}
+                               for b in found.blocked] if found else [],
         "timings_run": table.timings_run, "timings_cached": table.timings_cached,
         "fingerprint": table.fingerprint, "environment": dict(table.environment),
     }

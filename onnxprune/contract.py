@@ -100,6 +100,26 @@ class _Loop:
         return self.search_fidelity({n: s.weight for n, s in self.chosen(choice).items()}).error
 
     def allocate(self, goal: float, first: bool) -> list[int] | None:
+        """An allocation whose chain-corrected prediction reaches ``goal`` (when it can).
+
+        The DP adds up per-structure savings; where chained structures overlap the corrected
+        prediction is lower, so the DP is re-aimed (with the coefficients found) until the
+        corrected prediction reaches the goal or the bound.
+        """
+        choice = self._allocate(goal, first)
+        aim = goal
+        ceiling = self.problem.amdahl_bound * 0.999
+        for _ in range(6):
+            if choice is None:
+                return None
+            predicted = self.problem.predicted_speedup(self.chosen(choice))
+            if predicted >= goal * 0.995 or aim >= ceiling:
+                return choice
+            aim = min(aim * goal / max(predicted, 1e-6), ceiling)
+            choice = solve_dp(self.layers, self.problem.budget_for(aim), self.coefs) or choice
+        return choice
+
+    def _allocate(self, goal: float, first: bool) -> list[int] | None:
         budget = self.problem.budget_for(goal)
         if self.search_fidelity is None or self.config.search_budget <= 0:
             return solve_dp(self.layers, budget, self.coefs)

@@ -22,6 +22,31 @@ from onnxprune.layouts.registry import get_layout
 logger = logging.getLogger("onnxprune")
 
 
+def _cut_structures(model: onnx.ModelProto, candidates: Sequence[Candidate],
+                    chosen: Mapping[str, PrunedWeight]) -> onnx.ModelProto:
+    """A copy of ``model`` with every chosen structure width written along its whole chain."""
+    from onnxprune.layouts.structure import kept_channels
+    from onnxprune.structures.shrink import StructureCut, apply_cuts
+
+    cuts, weights = [], {}
+    for cand in candidates:
+        solution = chosen.get(cand.name)
+        if solution is None or solution.option.layout != "structure" or cand.structure is None:
+            continue
+        cuts.append(StructureCut(cand.structure.structure, kept_channels(cand, solution)))
+        weights[cand.name] = solution.weight
+    if not cuts:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    by_name = {c.name: c for c in candidates}
+    for cand in candidates:
+        if cand.structure is not None:
+            by_name.setdefault(cand.structure.producer.name, cand.structure.producer)
+    logger.info("shrinking %d structure(s) along their chains", len(cuts))
+    return apply_cuts(copy, cuts, by_name, weights)
+
+
 def materialize(
     model: onnx.ModelProto,
     candidates: Sequence[Candidate],
@@ -40,10 +65,11 @@ def materialize(
     Raises:
         onnx.checker.ValidationError: the rewritten model is invalid (an internal error).
     """
+    model = _cut_structures(model, candidates, chosen)
     graph = gs.import_onnx(model)
     for cand in candidates:
         solution = chosen.get(cand.name)
-        if solution is None or solution.option.layout == "dense":
+        if solution is None or solution.option.layout in ("dense", "structure"):
             continue
         name = solution.option.layout
         layout = (layouts or {}).get(name) or get_layout(name)

@@ -47,6 +47,7 @@ from onnxprune.reconstruct.collect import collect_hessians, poorly_conditioned
 from onnxprune.reconstruct.database import build_database
 from onnxprune.reconstruct.stitch import StitchedRunner
 from onnxprune.runtime import RuntimeConfig, resolve_provider, synthetic_feed
+from onnxprune.structures.context import discover_and_attach, layouts_for
 from onnxprune.verify import check_exact
 
 logger = logging.getLogger("onnxprune")
@@ -96,6 +97,8 @@ class Report:
     bound: FidelityBound | None = None
     at_target: Fidelity | None = None
     within_bound: bool | None = None
+    structures: list[dict] = field(default_factory=list)
+    structures_blocked: list[dict] = field(default_factory=list)
     exactness: float | None = None
     size_before: int = 0
     size_after: int = 0
@@ -138,12 +141,13 @@ def _allowed_layouts(config: PruneConfig, provider: str) -> list[str]:
 
 def _options_for(
     candidates: Sequence[Candidate], layouts: Sequence[str], config: PruneConfig,
-    skipped: list[SkippedNode],
+    skipped: list[SkippedNode], producers: set[str] = frozenset(),
 ) -> dict[str, list[LayoutOption]]:
     """Options per candidate (dense first); in the uniform modes, the one option nearest the
     requested level or pattern, and candidates with none move to ``skipped`` with the reason."""
     if config.speedup is not None:
-        return {c.name: candidate_options(c, layouts, config.levels) for c in candidates}
+        return {c.name: candidate_options(c, layouts_for(c, layouts, producers), config.levels)
+                for c in candidates}
     levels = [1.0 - config.nm[0] / config.nm[1]] if config.nm is not None else [config.sparsity]
     options: dict[str, list[LayoutOption]] = {}
     for cand in candidates:
@@ -230,6 +234,12 @@ def prune(
     analysis = _find_candidates(model, bound_shapes)
     candidates, skipped = _select(analysis, config.exclude)
     report.skipped = skipped
+    producers: set[str] = set()
+    if "structure" in layouts:
+        analysis, candidates, producers, found = discover_and_attach(model, analysis, candidates)
+        report.structures = [s.to_json() for s in found.structures]
+        report.structures_blocked = [{"producer": b.producer, "reason": b.reason}
+                                     for b in found.blocked]
     calib = _load_calibration(config, model)
     if calib is None:
         report.fidelity_note = ("not measured: no calibration data, so onnxprune cannot tell "
@@ -245,7 +255,7 @@ def prune(
                         "(__labels__ in the .npz files)")
     if not candidates:
         raise _nothing_to_prune(analysis, mode)
-    options = _options_for(candidates, layouts, config, report.skipped)
+    options = _options_for(candidates, layouts, config, report.skipped, producers)
     candidates = [c for c in candidates if c.name in options]
     if not candidates:
         raise _nothing_to_prune(analysis, mode, "no prunable node admits the requested layout")

@@ -53,7 +53,11 @@ def test_cnn_speedup_target_writes_a_valid_exact_model(tmp_path, cache_dir):
     assert _run(out, 64).shape == (64, 10)
     # Something was pruned, with a structured (fast) layout, and it is reported per node.
     layouts = {layer.option.layout for layer in report.layers}
-    assert layouts & {"block", "channel"}
+    assert layouts & {"block", "channel", "structure"}
+    # The CNN's conv chains are found as structures and shrink whole: no restore Gather.
+    assert {s["kind"] for s in report.structures} >= {"conv-chain"}
+    if "structure" in layouts:
+        assert "Gather" not in {n.op_type for n in model.graph.node}
     assert report.exactness is not None and report.exactness < 1e-3
     assert report.measured is not None and report.measured.pairs >= 5
     assert report.amdahl_bound and report.amdahl_bound > 1.5

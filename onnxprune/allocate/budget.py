@@ -27,6 +27,10 @@ from onnxprune.runtime import RuntimeConfig
 logger = logging.getLogger("onnxprune")
 
 
+CHAIN_OVERLAP = 0.5
+"""Weight of the chained-structure overlap correction (see ``AllocationProblem``)."""
+
+
 def granularity(option: LayoutOption) -> int:
     """Entries that are kept or removed together (coarser = faster, usually less accurate)."""
     params = dict(option.params)
@@ -75,16 +79,18 @@ class AllocationProblem:
 
     @property
     def amdahl_bound(self) -> float:
-        fastest = sum(min(self.option_time(c.name, o) for o in self.options[c.name])
-                      for c in self.candidates)
-        return self.total_s / max(self.base_s + fastest, 1e-12)
+        """Best reachable speedup: every candidate at its fastest option (chains corrected)."""
+        return self.speedup_of(self.fastest_options())
+
+    def fastest_options(self) -> dict[str, LayoutOption]:
+        return {c.name: min(self.options[c.name], key=lambda o, n=c.name: self.option_time(n, o))
+                for c in self.candidates}
 
     @property
     def bound_spread(self) -> float:
         """Relative uncertainty of :attr:`amdahl_bound` (≈ 2 standard errors)."""
-        fastest = {c.name: min(self.options[c.name], key=lambda o, n=c.name: self.option_time(n, o))
-                   for c in self.candidates}
-        return self.table.bound_spread_of(fastest)
+        fastest = self.fastest_options()
+        return self.table.bound_spread_of(fastest, self.total_s / self.speedup_of(fastest))
 
     def budget_for(self, speedup: float) -> float:
         """Seconds available to the candidates for the whole model to run ``speedup``x faster."""
@@ -100,8 +106,40 @@ class AllocationProblem:
         return layers
 
     def predicted_speedup(self, chosen: Mapping[str, PrunedWeight]) -> float:
-        prunable = sum(self.option_time(c.name, chosen[c.name].option) for c in self.candidates)
+        return self.speedup_of({c.name: chosen[c.name].option for c in self.candidates})
+
+    def speedup_of(self, options: Mapping[str, LayoutOption]) -> float:
+        """Predicted speedup of one option per candidate, chained structures corrected."""
+        prunable = sum(self.option_time(c.name, options[c.name]) for c in self.candidates)
+        prunable += self.chain_correction(options)
         return self.total_s / max(self.base_s + prunable, 1e-12)
+
+    def chain_correction(self, options: Mapping[str, LayoutOption]) -> float:
+        """Seconds the additive table over-saves where one node shrinks on both sides.
+
+        A node that consumes one structure and produces the next appears in both structures'
+        savings: ``t(1 − r_in) + t(1 − r_out)`` where its FLOPs shrink by ``t(1 − r_in·r_out)``.
+        The difference ``t(1 − r_in)(1 − r_out)`` is added back, weighted by
+        :data:`CHAIN_OVERLAP`: measured savings of small kernels are sub-linear in their width,
+        so the full FLOP overlap over-corrects (digits CNN at 2x: additive 2.07x, half-weighted
+        1.89x, fully corrected 1.73x, measured 2.02x). The DP itself stays additive; the
+        allocation loop re-aims until this corrected prediction reaches the goal, and the verify
+        loop corrects what remains by the measured bias.
+        """
+        kept = {}
+        for cand in self.candidates:
+            option = options.get(cand.name)
+            if option is not None and option.layout == "structure" and cand.structure:
+                kept[cand.name] = option.param("keep") / option.param("width")
+        extra = 0.0
+        for cand in self.candidates:
+            if cand.structure is None or cand.structure.producer.name not in kept:
+                continue
+            middle = cand.structure.producer.name
+            if middle in kept and cand.name in kept:
+                dense = self.option_time(middle, DENSE)
+                extra += dense * (1 - kept[middle]) * (1 - kept[cand.name])
+        return CHAIN_OVERLAP * extra
 
 
 def build_problem(
@@ -123,6 +161,11 @@ def build_problem(
         model, analysis, {name: list(opts) for name, opts in options.items()}, runtime,
         cache_dir=config.cache_dir, progress=on_progress,
     )
+    return problem_from_table(table, candidates)
+
+
+def problem_from_table(table: LatencyTable, candidates: Sequence[Candidate]) -> AllocationProblem:
+    """The allocation problem of a latency table: only the options worth solving are kept."""
     useful = {}
     for cand in candidates:
         timed = table.options(cand.name)  # options that could not be built or timed are absent

@@ -51,6 +51,17 @@ def solve_dp(
     """
     if not layers:
         return []
+    # A structure option's time is its consumer's time minus what the whole structure saves, so
+    # it can be negative. Shifting each layer by its fastest option keeps costs non-negative and
+    # the problem the same.
+    offsets = [float(np.min(layer.times)) for layer in layers]
+    if any(offset < 0 for offset in offsets):
+        shifted = [
+            LayerChoices(layer.name, np.asarray(layer.times, dtype=np.float64) - offset,
+                         layer.errors)
+            for layer, offset in zip(layers, offsets, strict=True)
+        ]
+        return solve_dp(shifted, budget - sum(offsets), coefs, buckets)
     if budget <= 0:
         return None
     coefs = np.ones(len(layers)) if coefs is None else np.asarray(coefs, dtype=np.float64)

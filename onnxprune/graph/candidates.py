@@ -13,12 +13,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.graph.shapes import BoundInputs, infer_tensor_shapes
+
+if TYPE_CHECKING:
+    from onnxprune.structures.context import StructureContext
 
 logger = logging.getLogger("onnxprune")
 
@@ -72,6 +76,8 @@ class Candidate:
         weight_via: the ops between the stored tensor and the node, e.g. ("Transpose",).
         attrs: Gemm: ``trans_a`` (0/1). Conv: ``kernel``, ``strides``, ``pads`` [t, l, b, r],
             ``dilations`` (auto_pad resolved to explicit pads).
+        structure: the channel structure this candidate is the consumer of, when one was found
+            (:mod:`onnxprune.structures`): its options are then that structure's widths.
     """
 
     name: str
@@ -82,6 +88,7 @@ class Candidate:
     weight_source: str
     weight_via: tuple[str, ...] = ()
     attrs: Mapping[str, object] = field(default_factory=dict)
+    structure: StructureContext | None = None
 
     @property
     def macs(self) -> int:

@@ -239,9 +239,10 @@ class LatencyTable:
         """
         return self.bound_spread_of(self.fastest(allowed_layouts))
 
-    def bound_spread_of(self, fastest: Mapping[str, LayoutOption]) -> float:
-        """:meth:`bound_spread` for a given fastest option per candidate."""
-        denominator = self.predicted_total(fastest)
+    def bound_spread_of(self, fastest: Mapping[str, LayoutOption],
+                        denominator: float | None = None) -> float:
+        """:meth:`bound_spread` for a given fastest option per candidate (and predicted total)."""
+        denominator = self.predicted_total(fastest) if denominator is None else denominator
         if denominator <= 0:
             return 0.0
         option_var = sum(
@@ -420,6 +421,8 @@ def site_signature(candidate: Candidate, site_index: int, option: LayoutOption) 
         "input_shape": list(site.input_shape),
         "output_shape": list(site.output_shape),
         "option": option.to_json(),
+        "structure": (candidate.structure.signature
+                      if option.layout == "structure" and candidate.structure else None),
     }
 
 
@@ -428,7 +431,34 @@ def _default_isolated(candidate: Candidate, option: LayoutOption, site_index: in
 
     if option == DENSE:
         return isolate.dense_isolated_model(candidate, site_index)
+    if option.layout == "structure":
+        return _structure_at(candidate, option.param("keep"))
     return isolate.isolated_model(candidate, option, site_index=site_index)
+
+
+def _structure_at(candidate: Candidate, keep: int) -> onnx.ModelProto:
+    """The candidate's structure subgraph at ``keep`` channels (which ones does not matter)."""
+    from onnxprune.structures.shrink import StructureCut, apply_cuts
+
+    context = candidate.structure
+    assert context is not None
+    model = onnx.ModelProto()
+    model.CopyFrom(context.isolated)
+    cut = StructureCut(context.structure, np.arange(keep))
+    return apply_cuts(model, [cut], {candidate.name: candidate,
+                                     context.producer.name: context.producer})
+
+
+def _reference(builder: IsolatedBuilder, candidate: Candidate, option: LayoutOption,
+               index: int) -> onnx.ModelProto:
+    """What an option is timed against: the site's dense node, or its structure's dense subgraph.
+
+    A structure option saves time in every node of its structure; its table time is the
+    consumer's dense time minus that saving, so the table stays one row per candidate.
+    """
+    if option.layout == "structure" and candidate.structure is not None:
+        return candidate.structure.isolated
+    return builder(candidate, DENSE, index)
 
 
 @functools.lru_cache(maxsize=64)
@@ -559,6 +589,7 @@ def build_latency_table(
     # Unique isolated timings: signature key -> (candidate, site, option) that represents it.
     plan: dict[str, tuple[Candidate, int, LayoutOption, dict]] = {}
     dense_key: dict[str, str] = {}  # timing key -> the key of the same site's dense timing
+    owner_key: dict[str, str] = {}  # structure option key -> its consumer site's dense key
     per_candidate: dict[str, list[tuple[LayoutOption, list[str]]]] = {}
     for candidate in analysis.candidates:
         wanted = [DENSE, *[o for o in options.get(candidate.name, ()) if o != DENSE]]
@@ -569,7 +600,13 @@ def build_latency_table(
             for index in range(len(candidate.sites)):
                 key, meta = _timing_key(env, builder, candidate, index, option)
                 plan.setdefault(key, (candidate, index, option, meta))
-                dense_key[key] = _timing_key(env, builder, candidate, index, DENSE)[0]
+                site_key = _timing_key(env, builder, candidate, index, DENSE)[0]
+                if option.layout == "structure" and candidate.structure is not None:
+                    # Timed against the structure's dense subgraph; saves from the site's time.
+                    dense_key[key] = "structure:" + candidate.structure.signature
+                    owner_key[key] = site_key
+                else:
+                    dense_key[key] = site_key
                 keys.append(key)
             rows.append((option, keys))
         per_candidate[candidate.name] = rows
@@ -628,7 +665,7 @@ def build_latency_table(
                     raw[key] = timing.median_s
                     cache.put(key, meta, timing.to_json())
                 else:
-                    reference = builder(candidate, DENSE, index)
+                    reference = _reference(builder, candidate, option, index)
                     ratio = _time_against(reference, isolated_model, feed, runtime,
                                           injected_timer, pair_timer, raw.get(dense_key[key]))
                     ratios[key] = ratio
@@ -665,14 +702,24 @@ def build_latency_table(
     for key, ratio in ratios.items():
         references.setdefault(dense_key[key], []).append(ratio.reference_s)
     site_dense = {k: float(np.median(v)) for k, v in references.items()}
+    savings: dict[str, float] = {}
     for key, ratio in ratios.items():
-        raw[key] = ratio.ratio * site_dense[dense_key[key]]
+        if key in owner_key:
+            savings[key] = site_dense[dense_key[key]] * (1.0 - ratio.ratio)
+        else:
+            raw[key] = ratio.ratio * site_dense[dense_key[key]]
     for key in list(raw):
         if key in site_dense:
             raw[key] = site_dense[key]
 
     def net(seconds: float) -> float:
         return max(seconds - overhead.median_s, _NET_FLOOR * seconds)
+
+    def net_of(key: str) -> float:
+        """Net seconds of a timing; a structure option is its site's time minus its saving."""
+        if key in savings:
+            return net(raw[owner_key[key]]) - savings[key]
+        return net(raw[key])
 
     entries = []
     dropped: list[tuple[str, LayoutOption, str]] = []
@@ -683,7 +730,7 @@ def build_latency_table(
             if errors:
                 dropped.append((candidate.name, option, errors[0]))
                 continue
-            rows_list.append((option, float(sum(net(raw[k]) for k in keys))))
+            rows_list.append((option, float(sum(net_of(k) for k in keys))))
             spreads.append(max((ratios[k].ratio_rel_se for k in keys if k in ratios),
                                default=0.0))
         rows = tuple(rows_list)
@@ -760,7 +807,8 @@ def _refine_fastest(
         candidate, index, option, _ = plan[key]
         isolated_model = builder(candidate, option, index)
         feed = isolated_feed(isolated_model, candidate.sites[index].input_shape)
-        return _time_against(builder(candidate, DENSE, index), isolated_model, feed, runtime,
+        return _time_against(_reference(builder, candidate, option, index), isolated_model,
+                             feed, runtime,
                              timer, pair_timer, raw.get(dense_key[key]))
 
     count = 0
@@ -832,7 +880,11 @@ def _base_and_scale(
     """
     mapped = [e for e in entries if e.profiled_s is not None]
     unmapped = [e for e in entries if e.profiled_s is None]
-    profiled = sum(e.profiled_s for e in mapped)  # type: ignore[misc]
+    # Profiled runs slower than the model runs unprofiled (a disturbed profile: its kernels sum
+    # to more than the whole run) would inflate the prunable part; their shares still hold.
+    slowdown = (min(1.0, profile.total_s / profile.kernel_sum_s)
+                if profile.kernel_sum_s > 0 else 1.0)
+    profiled = slowdown * sum(e.profiled_s for e in mapped)  # type: ignore[misc]
     isolated = sum(e.dense_s for e in mapped)
     scale = profiled / isolated if profiled > 0 and isolated > 0 else 1.0
     if unmapped:
@@ -894,10 +946,11 @@ def _consistent_profile(
     timing = median_over_sessions(stamp_ir_version(probe).SerializeToString(),
                                   synthetic_feed(analysis.bound.as_tuples()), runtime)
     fresh = timing.median_s
-    if profile.total_s > fresh * _PROFILE_TOLERANCE:
+    profiled = max(profile.total_s, profile.kernel_sum_s)
+    if profiled > fresh * _PROFILE_TOLERANCE:
         logger.warning(
             "the whole-model profile says %.3f ms but the model runs in %.3f ms now (other load "
-            "on the machine?); profiling again", profile.total_s * 1e3, fresh * 1e3,
+            "on the machine?); profiling again", profiled * 1e3, fresh * 1e3,
         )
         profile = _cached_profile(model, analysis, runtime, cache, env, refresh=True)
     if fresh < profile.total_s:

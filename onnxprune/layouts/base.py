@@ -63,6 +63,8 @@ class LayoutOption:
         p = dict(self.params)
         if self.layout == "dense":
             return "dense"
+        if self.layout == "structure":
+            return f"structure {p['keep']}/{p['width']} channels"
         if self.layout == "block":
             shape = f"{p['bk']}x{p['bn']}"
         elif self.layout == "nm":

@@ -10,12 +10,14 @@ from onnxprune.layouts.block import Block
 from onnxprune.layouts.channel import Channel
 from onnxprune.layouts.dense import Dense
 from onnxprune.layouts.nm import NM
+from onnxprune.layouts.structure import StructureLayout
 from onnxprune.layouts.unstructured import Unstructured
 
 LAYOUTS: dict[str, type] = {
     "dense": Dense,
     "block": Block,
     "channel": Channel,
+    "structure": StructureLayout,
     "nm": NM,
     "unstructured": Unstructured,
 }

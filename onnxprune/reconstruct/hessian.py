@@ -35,6 +35,7 @@ class HessianAccumulator:
             raise ValueError(f"columns must be positive, got {columns}")
         self.columns = int(columns)
         self._H = np.zeros((self.columns, self.columns), dtype=np.float64)
+        self._sum = np.zeros(self.columns, dtype=np.float64)
         self._samples = 0
 
     def add_batch(self, x: np.ndarray) -> None:
@@ -59,6 +60,7 @@ class HessianAccumulator:
             raise ValueError("activations contain NaN or inf; the Hessian would be meaningless")
         n = self._samples
         self._H *= n / (n + m)
+        self._sum += rows.sum(axis=0)
         self._samples = n + m
         rows = rows * np.sqrt(2.0 / self._samples)
         self._H += rows.T @ rows
@@ -69,6 +71,11 @@ class HessianAccumulator:
         view = self._H.view()
         view.flags.writeable = False
         return view
+
+    @property
+    def first_moment(self) -> np.ndarray:
+        """[K] ``(2/n)·Σ x``: the inputs' mean on H's scale (for a bias riding along in H)."""
+        return self._sum * (2.0 / self._samples) if self._samples else self._sum.copy()
 
     @property
     def samples(self) -> int:

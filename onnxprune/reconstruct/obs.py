@@ -187,6 +187,11 @@ class ObsSolver:
         return S
 
     @property
+    def hessian(self) -> np.ndarray:
+        """[K, K] the undamped input Hessian this solver was built with (read-only)."""
+        return self._H
+
+    @property
     def energy(self) -> np.ndarray:
         """[N] output energy ``w_n H w_nᵀ`` of every row (undamped H)."""
         return self._energy

@@ -16,15 +16,29 @@ def render_profile(console: Console, data: dict, notes: Sequence[str] = ()) -> N
                   f"{data['threads'] or 'default'}; layouts: {', '.join(data['layouts'])}")
     total = data["dense_total_s"]
     table = Table(title="Prunable nodes", title_justify="left")
-    for column in ("node", "op", "dense ms", "share", "fastest option", "its ms", "x"):
-        table.add_column(column, justify="left" if column in ("node", "op", "fastest option")
+    for column in ("node", "op", "role", "dense ms", "share", "fastest option", "saves ms"):
+        table.add_column(column, justify="left" if column in ("node", "op", "role",
+                                                              "fastest option")
                          else "right", overflow="fold")
     for row in sorted(data["nodes"], key=lambda r: -r["dense_s"]):
-        table.add_row(row["name"], row["op"], f"{row['dense_s'] * 1e3:.3f}",
-                      f"{row['dense_s'] / total:.1%}" if total else "-", row["fastest"],
-                      f"{row['fastest_s'] * 1e3:.3f}",
-                      f"{row['dense_s'] / row['fastest_s']:.1f}" if row["fastest_s"] else "-")
+        role = row.get("role", "node")
+        fastest = row["fastest"] if role != "producer" else "shrinks with its structure"
+        table.add_row(row["name"], row["op"], role, f"{row['dense_s'] * 1e3:.3f}",
+                      f"{row['dense_s'] / total:.1%}" if total else "-", fastest,
+                      f"{(row['dense_s'] - row['fastest_s']) * 1e3:.3f}")
     console.print(table)
+    structures = data.get("structures") or []
+    if structures:
+        listing = Table(title=f"Channel structures ({len(structures)})", title_justify="left")
+        for column in ("kind", "producer -> consumer", "width", "ops between"):
+            listing.add_column(column, overflow="fold")
+        for item in structures:
+            listing.add_row(item["kind"], item["name"], str(item["width"]),
+                            str(len(item["members"])))
+        console.print(listing)
+    for blocked in data.get("structures_blocked") or []:
+        console.print(f"  no structure from {blocked['producer']}: {blocked['reason']}",
+                      markup=False)
     console.print(
         f"whole model (measured): {total * 1e3:.3f} ms; fixed part (not prunable): "
         f"{data['base_s'] * 1e3:.3f} ms ({data['base_s'] / total:.0%})" if total else ""

@@ -52,6 +52,8 @@ def report_to_json(report: Report) -> dict:
         "fingerprint": report.fingerprint,
         "wall_s": report.wall_s,
         "notes": report.notes,
+        "structures": report.structures,
+        "structures_blocked": report.structures_blocked,
         "layers": [
             {
                 "name": layer.name, "op": layer.op, "nodes": list(layer.nodes),
@@ -70,15 +72,20 @@ def _layer_table(report: Report) -> Table:
     table = Table(title="Per node", title_justify="left")
     for column, justify in (("node", "left"), ("op", "left"), ("layout", "left"),
                             ("removed", "right"), ("layer error", "right"),
-                            ("dense ms", "right"), ("after ms", "right")):
+                            ("dense ms", "right"), ("saves ms", "right")):
         table.add_column(column, justify=justify, overflow="fold")
     for layer in report.layers:
         removed = 1 - layer.weights_after / layer.weights_before if layer.weights_before else 0
+        saved = (None if layer.time_dense_s is None or layer.time_after_s is None
+                 else layer.time_dense_s - layer.time_after_s)
         table.add_row(
             layer.name + (f" (+{len(layer.nodes) - 1})" if len(layer.nodes) > 1 else ""),
             layer.op, layer.option.label, f"{removed:.0%}", f"{layer.err:.4f}",
-            _ms(layer.time_dense_s), _ms(layer.time_after_s),
+            _ms(layer.time_dense_s), _ms(saved),
         )
+    table.caption = ("a structure's saving counts every node of its chain (producer, the ops "
+                     "between, this consumer)") if any(
+        layer.option.layout == "structure" for layer in report.layers) else None
     return table
 
 

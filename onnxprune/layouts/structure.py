@@ -1,0 +1,119 @@
+"""The structure layout: a channel structure at one width, decided at its consumer.
+
+A structure (:mod:`onnxprune.structures.discover`) ties a producer's output channels through the
+ops that carry them to one consumer. Its options live on the consumer candidate: keep ``k`` of
+the ``width`` channels. Solving is structured OBS on the consumer's input Hessian
+(:func:`onnxprune.reconstruct.structured.remove_channels`: channel groups of ``consumer_group``
+rows, or a conv input channel's ``kh·kw`` taps), which picks the channels and updates the
+consumer's remaining weights; the masked-dense weight is the consumer's weight with the removed
+channels' rows zeroed, so the stitched model checks exactness unchanged. Materialization shrinks
+the whole chain (:func:`onnxprune.structures.shrink.apply_cuts`) and is run by
+:func:`onnxprune.materialize.materialize` on the model, not per node.
+
+Kept counts are rounded to multiples of 8 when the structure is at least 64 wide: ORT's CPU conv
+kernels work in blocks of 8 (NCHWc) and MatMul kernels in similar panels, so odd widths waste the
+speed a removed channel should buy.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from onnxprune.layouts.base import (
+    ALL_PROVIDERS,
+    DEFAULT_LEVELS,
+    LayoutOption,
+    PrunedWeight,
+    from_rows,
+    to_rows,
+)
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
+
+    from onnxprune.graph.candidates import Candidate
+    from onnxprune.reconstruct.obs import ObsSolver
+
+ROUND_TO = 8
+_PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def structure_keeps(width: int, levels: Iterable[float]) -> list[int]:
+    """Distinct kept-channel counts for ``levels`` (fractions removed), in [1, width − 1]."""
+    keeps = []
+    for level in levels:
+        keep = round((1.0 - level) * width)
+        if width >= 8 * ROUND_TO:
+            keep = max(ROUND_TO, int(round(keep / ROUND_TO)) * ROUND_TO)
+        keep = min(max(keep, 1), width - 1)
+        if keep not in keeps:
+            keeps.append(keep)
+    return keeps
+
+
+class StructureLayout:
+    """Channels of a structure removed at its consumer (see the module docstring)."""
+
+    name: ClassVar[str] = "structure"
+    fast_on: ClassVar[frozenset[str]] = ALL_PROVIDERS
+
+    def options(
+        self, candidate: Candidate, levels: Iterable[float] = DEFAULT_LEVELS
+    ) -> tuple[list[LayoutOption], str | None]:
+        context = candidate.structure
+        if context is None:
+            return [], "not the consumer of a channel structure"
+        width = context.structure.width
+        if width < 2:
+            return [], "a structure of one channel"
+        return [LayoutOption(self.name, 1.0 - keep / width, (("keep", keep), ("width", width)))
+                for keep in structure_keeps(width, levels)], None
+
+    def solve(self, candidate: Candidate, solver: ObsSolver, option: LayoutOption) -> PrunedWeight:
+        context = candidate.structure
+        if context is None:
+            raise ValueError(f"{candidate.name} is not the consumer of a structure")
+        from onnxprune.reconstruct.structured import remove_channels
+
+        keep = option.param("keep")
+        passes = _PASSES.setdefault(solver, {})
+        if keep not in passes:
+            options, _ = self.options(candidate)
+            keeps = sorted({o.param("keep") for o in options} | {keep})
+            group = (context.structure.consumer_group if candidate.op != "Conv"
+                     else int(np.prod(candidate.weight.shape[2:])))
+            passes.update(remove_channels(to_rows(candidate, candidate.weight), solver.hessian,
+                                          group, keeps))
+        solution = passes[keep]
+        weight = from_rows(candidate, solution.weight)
+        rows = _kept_rows(context.structure, candidate, solution.kept)
+        mask = np.zeros(weight.shape, bool)
+        if candidate.op == "Conv":
+            mask[:, rows] = True
+        else:
+            mask[rows] = True
+        return PrunedWeight(option, mask, weight.astype(np.float32), float(solution.err))
+
+    def materialize(self, graph: gs.Graph, candidate: Candidate, pruned: PrunedWeight) -> None:
+        raise NotImplementedError(
+            "structures are materialized on the model by onnxprune.materialize, not per node")
+
+
+def _kept_rows(structure, candidate: Candidate, kept: np.ndarray) -> np.ndarray:
+    from onnxprune.structures.shrink import consumer_rows
+
+    return consumer_rows(structure, candidate, kept)
+
+
+def kept_channels(candidate: Candidate, pruned: PrunedWeight) -> np.ndarray:
+    """The kept channel indices of a solved structure option (from its mask)."""
+    structure = candidate.structure.structure
+    if candidate.op == "Conv":
+        alive = pruned.mask.any(axis=(0, 2, 3))
+        return np.flatnonzero(alive)
+    rows = pruned.mask.any(axis=1).reshape(structure.width, structure.consumer_group)
+    return np.flatnonzero(rows.any(axis=1))

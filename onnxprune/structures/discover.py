@@ -1,0 +1,466 @@
+"""Finding channel structures: channels tied from a producer, through the ops that carry them, to
+a consumer, so that removing a channel shrinks every op on the way.
+
+A per-node layout shrinks only its own node. A depthwise conv, a BatchNorm, a GELU or a ReLU6
+shrink only when the channels feeding them go, and a removed output channel can be compensated
+only in the node that reads it. So, DepGraph-style, each prunable MatMul/Gemm/Conv (the producer)
+is followed along its output's channel axis:
+
+* **pass-through** ops carry the channel axis unchanged and shrink with it (:data:`UNARY`,
+  BatchNormalization, depthwise Conv, pooling, Pad, Resize by scales, per-channel or scalar
+  constants in Add/Sub/Mul/Div, binary ops whose operands both come from the same structure — the
+  ``x·sigmoid(x)`` of SiLU, the ``x·(erf(x/√2)+1)`` of an exported GELU), Transpose and Squeeze /
+  Unsqueeze move the axis, and Flatten / Reshape that merge the channel axis with the trailing
+  dims turn a channel into a contiguous group of features (a CNN's flatten before its classifier);
+* the **consumer** is the prunable MatMul/Gemm (rows) or group-1 Conv (input channels) that
+  reads the channels: its input columns go, and structured OBS on its input Hessian compensates;
+* anything else **blocks** the structure, with a reason: a graph output, an op that mixes
+  channels (Softmax, LayerNormalization or a reduction over the axis, Concat, Split, Gather, a
+  Reshape that splits the axis), a residual Add with another tensor (the residual stream of a
+  post-LN encoder and an MBConv's projection output stay whole), or a second consumer.
+
+Every structure found has exactly one producer and one consumer, each a single-site candidate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxprune.graph.candidates import Candidate, GraphAnalysis
+
+logger = logging.getLogger("onnxprune")
+
+UNARY = frozenset({
+    "Relu", "Clip", "Sigmoid", "Tanh", "Erf", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu",
+    "Selu", "Softplus", "Softsign", "Gelu", "Identity", "Neg", "Abs", "Mish", "PRelu", "Celu",
+    "ThresholdedRelu", "Exp", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos",
+    "Dropout",
+})
+BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"})
+POOLING = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool"})
+
+
+@dataclass(frozen=True)
+class ConstantSlice:
+    """A constant input of a member op that holds one value (or group) per channel.
+
+    Attributes:
+        node: the member node's name.
+        input_index: which of its inputs holds the constant.
+        axis: the constant's axis that runs over the channels.
+        group: consecutive entries per channel along that axis.
+    """
+
+    node: str
+    input_index: int
+    axis: int
+    group: int
+
+
+@dataclass(frozen=True)
+class ShapeEdit:
+    """A Reshape whose constant target names the channel count (times ``group``) at ``position``."""
+
+    node: str
+    position: int
+    group: int
+
+
+@dataclass(frozen=True, eq=False)
+class Structure:
+    """Channels tied from one producer to one consumer (see the module docstring).
+
+    Attributes:
+        name: a readable name, ``<producer> -> <consumer>``.
+        kind: "ffn" (MatMul/Gemm to MatMul/Gemm), "conv-chain" (Conv to Conv, through depthwise
+            convs when there are some) or "channels" (any other pairing).
+        producer: the producer candidate's name (its output channels go).
+        consumer: the consumer candidate's name (its input channels go).
+        members: the pass-through nodes between them, in graph order.
+        width: the number of channels.
+        consumer_group: consecutive rows of the consumer's canonical weight per channel
+            (MatMul/Gemm: features per channel, 1 unless a flatten merged spatial dims in).
+        slices: per-channel constants of members to cut with the channels.
+        depthwise: depthwise Conv members (their weight, bias and ``group`` shrink).
+        batchnorms: BatchNormalization members (their four parameters shrink).
+        reshapes: Reshape members whose target names the channel count.
+    """
+
+    name: str
+    kind: str
+    producer: str
+    consumer: str
+    members: tuple[str, ...]
+    width: int
+    consumer_group: int = 1
+    slices: tuple[ConstantSlice, ...] = ()
+    depthwise: tuple[str, ...] = ()
+    batchnorms: tuple[str, ...] = ()
+    reshapes: tuple[ShapeEdit, ...] = ()
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return (self.producer, *self.members, self.consumer)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "producer": self.producer,
+                "consumer": self.consumer, "members": list(self.members), "width": self.width}
+
+
+@dataclass(frozen=True)
+class BlockedStructure:
+    """A producer whose output channels cannot form a structure, and why."""
+
+    producer: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StructureAnalysis:
+    """Result of :func:`find_structures`."""
+
+    structures: tuple[Structure, ...]
+    blocked: tuple[BlockedStructure, ...] = field(default=())
+
+    def by_consumer(self) -> dict[str, Structure]:
+        return {s.consumer: s for s in self.structures}
+
+    def by_producer(self) -> dict[str, Structure]:
+        return {s.producer: s for s in self.structures}
+
+
+class _Blocked(Exception):
+    """Raised while following a structure: the reason it cannot be one."""
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+class _Graph:
+    """Producers, consumers, constants and shapes of one model, looked up by tensor name."""
+
+    def __init__(self, model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        self.model = model
+        self.shapes = shapes
+        self.nodes = {n.name: n for n in model.graph.node}
+        self.position = {n.name: i for i, n in enumerate(model.graph.node)}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(node)
+            for name in node.output:
+                self.producer[name] = node
+        self.outputs = {o.name for o in model.graph.output}
+        inputs = {i.name for i in model.graph.input}
+        self.initializers = {t.name: t for t in model.graph.initializer if t.name not in inputs}
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of a constant tensor (initializer or Constant node), else None."""
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            value = _attr(node, "value")
+            if value is not None:
+                return numpy_helper.to_array(value)
+            for key in ("value_float", "value_floats", "value_int", "value_ints"):
+                raw = _attr(node, key)
+                if raw is not None:
+                    return np.asarray(raw)
+        return None
+
+    def rank(self, tensor: str) -> int | None:
+        shape = self.shapes.get(tensor)
+        return None if shape is None else len(shape)
+
+
+@dataclass
+class _Walk:
+    """The state of following one producer's channels."""
+
+    width: int
+    members: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    tensors: dict[str, tuple[int, int]] = field(default_factory=dict)  # tensor -> (axis, group)
+    consumers: list[tuple[onnx.NodeProto, int, int]] = field(default_factory=list)
+    slices: list[ConstantSlice] = field(default_factory=list)
+    depthwise: list[str] = field(default_factory=list)
+    batchnorms: list[str] = field(default_factory=list)
+    reshapes: list[ShapeEdit] = field(default_factory=list)
+    pending: dict[str, onnx.NodeProto] = field(default_factory=dict)
+
+
+def find_structures(
+    model: onnx.ModelProto, analysis: GraphAnalysis, shapes: Mapping[str, tuple[int, ...]],
+) -> StructureAnalysis:
+    """Every structure of ``model`` (one per eligible producer), and why other producers have none.
+
+    Args:
+        model: the model (unique node names, topologically sorted).
+        analysis: its candidates at the deployment shapes.
+        shapes: concrete tensor shapes at those shapes (``graph.shapes.infer_tensor_shapes``).
+    """
+    graph = _Graph(model, shapes)
+    candidates = {c.name: c for c in analysis.candidates}
+    single = {c.name: c for c in analysis.candidates if len(c.sites) == 1}
+    found: list[Structure] = []
+    blocked: list[BlockedStructure] = []
+    taken: set[str] = set()
+    for cand in sorted(analysis.candidates, key=lambda c: graph.position[c.sites[0].node]):
+        if cand.name not in single:
+            blocked.append(BlockedStructure(cand.name, "its weight is shared by several nodes"))
+            continue
+        try:
+            structure = _follow(graph, cand, single, candidates)
+        except _Blocked as exc:
+            blocked.append(BlockedStructure(cand.name, str(exc)))
+            continue
+        overlap = taken.intersection(structure.members)
+        if overlap:
+            blocked.append(BlockedStructure(cand.name, f"shares {sorted(overlap)[0]} with "
+                                                       "another structure"))
+            continue
+        taken.update(structure.members)
+        found.append(structure)
+    return StructureAnalysis(tuple(found), tuple(blocked))
+
+
+def _follow(graph: _Graph, producer: Candidate, single: Mapping[str, Candidate],
+            candidates: Mapping[str, Candidate]) -> Structure:
+    node = graph.nodes[producer.name]
+    if producer.op == "Gemm" and producer.attrs.get("trans_a"):
+        raise _Blocked("Gemm with transA")
+    out = node.output[0]
+    rank = graph.rank(out)
+    if rank is None:
+        raise _Blocked("output shape unknown")
+    axis = 1 if producer.op == "Conv" else rank - 1
+    walk = _Walk(width=producer.output_dim)
+    walk.tensors[out] = (axis, 1)
+    queue: deque[str] = deque([out])
+    while queue:
+        tensor = queue.popleft()
+        if tensor in graph.outputs:
+            raise _Blocked(f"the channels reach the graph output {tensor!r}")
+        users = graph.consumers.get(tensor, [])
+        if not users:
+            raise _Blocked(f"tensor {tensor!r} is never read")
+        for user in users:
+            for produced in _step(graph, walk, tensor, user, single, candidates):
+                queue.append(produced)
+    for name, node in walk.pending.items():
+        variables = [i for i in node.input if i and graph.constant(i) is None]
+        if not all(v in walk.tensors for v in variables):
+            raise _Blocked(f"{node.op_type} {name!r} joins the channels with another tensor "
+                           "(a residual or a coupling)")
+    if len(walk.consumers) != 1:
+        raise _Blocked(f"read by {len(walk.consumers)} consumers" if walk.consumers
+                       else "no MatMul/Gemm/Conv consumer reads the channels")
+    consumer_node, consumer_axis, group = walk.consumers[0]
+    consumer = single.get(consumer_node.name)
+    if consumer is None:
+        raise _Blocked(f"the consumer {consumer_node.name!r} is not a single-site prunable node")
+    kinds = {producer.op, consumer.op}
+    kind = ("conv-chain" if kinds == {"Conv"} else
+            "ffn" if kinds <= {"MatMul", "Gemm"} else "channels")
+    members = tuple(sorted(walk.members, key=lambda n: graph.position[n]))
+    return Structure(
+        name=f"{producer.name} -> {consumer.name}", kind=kind, producer=producer.name,
+        consumer=consumer.name, members=members, width=walk.width, consumer_group=group,
+        slices=tuple(walk.slices), depthwise=tuple(walk.depthwise),
+        batchnorms=tuple(walk.batchnorms), reshapes=tuple(walk.reshapes),
+    )
+
+
+def _step(graph: _Graph, walk: _Walk, tensor: str, node: onnx.NodeProto,
+          single: Mapping[str, Candidate], candidates: Mapping[str, Candidate]) -> list[str]:
+    """Apply one reader of ``tensor``; returns the new tensors now carrying the channels."""
+    axis, group = walk.tensors[tensor]
+    op = node.op_type
+    name = node.name
+    if node.domain not in ("", "ai.onnx"):
+        raise _Blocked(f"custom op {node.domain}.{op} {name!r}")
+    if name in walk.members:  # a binary op reached from its second structure operand
+        return []
+    rank = graph.rank(tensor)
+    if op in ("MatMul", "Gemm", "Conv") and node.input[0] == tensor and name in candidates:
+        group_ok = (op == "Conv" and axis == 1 and group == 1
+                    and int(_attr(node, "group", 1)) == 1) or (
+            op != "Conv" and rank is not None and axis == rank - 1
+            and not (op == "Gemm" and _attr(node, "transA", 0)))
+        if not group_ok:
+            raise _Blocked(f"{op} {name!r} reads the channels on another axis")
+        walk.consumers.append((node, axis, group))
+        return []
+    if op == "Conv" and node.input[0] == tensor:
+        weight = graph.constant(node.input[1])
+        conv_group = int(_attr(node, "group", 1))
+        if (weight is None or axis != 1 or group != 1 or conv_group != walk.width
+                or weight.shape[0] != walk.width or weight.shape[1] != 1):
+            raise _Blocked(f"Conv {name!r} mixes channels and is not prunable")
+        walk.depthwise.append(name)
+        return _carry(walk, node, node.output[0], axis, group)
+    if op in UNARY:
+        if op == "PRelu":
+            _per_channel(graph, walk, node, 1, tensor)
+        return _carry(walk, node, node.output[0], axis, group)
+    if op == "BatchNormalization" and node.input[0] == tensor:
+        if axis != 1 or group != 1:
+            raise _Blocked(f"BatchNormalization {name!r} normalizes another axis")
+        if any(graph.constant(i) is None for i in node.input[1:5]):
+            raise _Blocked(f"BatchNormalization {name!r} has run-time parameters")
+        walk.batchnorms.append(name)
+        return _carry(walk, node, node.output[0], axis, group)
+    if op in BINARY:
+        others = [(i, other) for i, other in enumerate(node.input) if other != tensor and other]
+        for index, other in others:
+            if graph.constant(other) is not None:
+                _per_channel(graph, walk, node, index, tensor)
+            else:
+                walk.pending[name] = node
+                if other in walk.tensors and walk.tensors[other] != (axis, group):
+                    raise _Blocked(f"{op} {name!r} joins the channels on different axes")
+        if rank is not None and graph.rank(node.output[0]) != rank:
+            raise _Blocked(f"{op} {name!r} broadcasts the channels to another rank")
+        return _carry(walk, node, node.output[0], axis, group)
+    if op in POOLING and axis == 1 and group == 1 and node.input[0] == tensor:
+        return _carry(walk, node, node.output[0], axis, group)
+    if op == "Pad" and node.input[0] == tensor:
+        pads = graph.constant(node.input[1]) if len(node.input) > 1 else _attr(node, "pads")
+        if pads is None or len(node.input) > 3 and node.input[3]:
+            raise _Blocked(f"Pad {name!r} with run-time pads or axes")
+        pads = np.asarray(pads).reshape(-1)
+        if rank is None or pads[axis] != 0 or pads[axis + rank] != 0:
+            raise _Blocked(f"Pad {name!r} pads the channel axis")
+        return _carry(walk, node, node.output[0], axis, group)
+    if op == "Resize" and node.input[0] == tensor:
+        scales = graph.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        sizes = len(node.input) > 3 and node.input[3]
+        if sizes or scales is None or scales.size <= axis or scales.reshape(-1)[axis] != 1:
+            raise _Blocked(f"Resize {name!r} resizes by sizes or along the channel axis")
+        return _carry(walk, node, node.output[0], axis, group)
+    if op in ("ReduceMean", "ReduceMax", "ReduceSum", "ReduceMin") and node.input[0] == tensor:
+        axes = _reduce_axes(graph, node)
+        if axes is None or axis in axes or (rank is not None and axis - rank in axes):
+            raise _Blocked(f"{op} {name!r} reduces over the channel axis")
+        keep = int(_attr(node, "keepdims", 1))
+        new_axis = axis if keep else axis - sum(1 for a in axes if a % (rank or 1) < axis)
+        return _carry(walk, node, node.output[0], new_axis, group)
+    if op in ("Softmax", "LogSoftmax", "LayerNormalization") and node.input[0] == tensor:
+        norm_axis = int(_attr(node, "axis", -1))
+        if rank is None or norm_axis % rank == axis or (
+                op == "LayerNormalization" and axis >= norm_axis % rank):
+            raise _Blocked(f"{op} {name!r} normalizes over the channels")
+        return _carry(walk, node, node.output[0], axis, group)
+    if op == "Transpose":
+        perm = list(_attr(node, "perm", list(range((rank or 0) - 1, -1, -1))))
+        return _carry(walk, node, node.output[0], perm.index(axis), group)
+    if op in ("Flatten", "Reshape") and node.input[0] == tensor:
+        return _reshape(graph, walk, node, tensor, axis, group)
+    if op in ("Squeeze", "Unsqueeze") and node.input[0] == tensor:
+        out_rank = graph.rank(node.output[0])
+        in_shape, out_shape = graph.shapes.get(tensor), graph.shapes.get(node.output[0])
+        if in_shape is None or out_shape is None or out_rank is None:
+            raise _Blocked(f"{op} {name!r} with unknown shapes")
+        before = int(np.prod(in_shape[:axis]))
+        mapped = [i for i in range(out_rank) if int(np.prod(out_shape[:i])) == before
+                  and out_shape[i] == in_shape[axis]]
+        if not mapped:
+            raise _Blocked(f"{op} {name!r} moves the channel axis unpredictably")
+        return _carry(walk, node, node.output[0], mapped[0], group)
+    reason = {
+        "Concat": "concatenates the channels with other tensors",
+        "Split": "splits the channels",
+        "Slice": "slices the channels",
+        "Gather": "gathers from the channels",
+    }.get(op, f"op {op} is not known to carry channels")
+    raise _Blocked(f"{op} {name!r} {reason}" if op in ("Concat", "Split", "Slice", "Gather")
+                   else f"{name!r}: {reason}")
+
+
+def _carry(walk: _Walk, node: onnx.NodeProto, out: str, axis: int, group: int) -> list[str]:
+    walk.members[node.name] = node
+    if out in walk.tensors:
+        return []
+    walk.tensors[out] = (axis, group)
+    return [out]
+
+
+def _per_channel(graph: _Graph, walk: _Walk, node: onnx.NodeProto, index: int,
+                 tensor: str) -> None:
+    """Record a constant operand that is scalar along the channels, or one value per channel."""
+    value = graph.constant(node.input[index])
+    axis, group = walk.tensors[tensor]
+    rank = graph.rank(tensor)
+    if value is None or rank is None:
+        raise _Blocked(f"{node.op_type} {node.name!r} has a run-time operand")
+    if value.ndim > rank:
+        raise _Blocked(f"{node.op_type} {node.name!r} broadcasts to a higher rank")
+    const_axis = axis - (rank - value.ndim)
+    if const_axis < 0 or value.shape[const_axis] == 1:
+        return  # broadcast along the channels: nothing to cut
+    if value.shape[const_axis] != walk.width * group:
+        raise _Blocked(f"{node.op_type} {node.name!r} has a constant of another width")
+    walk.slices.append(ConstantSlice(node.name, index, const_axis, group))
+
+
+def _reduce_axes(graph: _Graph, node: onnx.NodeProto) -> list[int] | None:
+    axes = _attr(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = graph.constant(node.input[1])
+        axes = None if value is None else value.reshape(-1).tolist()
+    return None if axes is None else [int(a) for a in axes]
+
+
+def _reshape(graph: _Graph, walk: _Walk, node: onnx.NodeProto, tensor: str, axis: int,
+             group: int) -> list[str]:
+    """Flatten/Reshape that keep the channels as one contiguous run per channel."""
+    in_shape, out_shape = graph.shapes.get(tensor), graph.shapes.get(node.output[0])
+    if in_shape is None or out_shape is None:
+        raise _Blocked(f"{node.op_type} {node.name!r} with unknown shapes")
+    before = int(np.prod(in_shape[:axis]))
+    inner = group * int(np.prod(in_shape[axis + 1:]))  # contiguous elements per channel
+    for position in range(len(out_shape)):
+        if int(np.prod(out_shape[:position])) != before:
+            continue
+        trailing = int(np.prod(out_shape[position + 1:]))
+        if inner % trailing or out_shape[position] != walk.width * (inner // trailing):
+            continue
+        new_group = inner // trailing
+        if node.op_type == "Reshape":
+            target = graph.constant(node.input[1])
+            if target is None:
+                raise _Blocked(f"Reshape {node.name!r} with a run-time target")
+            entry = int(target.reshape(-1)[position])
+            if entry not in (-1, 0, out_shape[position]):
+                raise _Blocked(f"Reshape {node.name!r} target does not match its output")
+            if entry == out_shape[position]:
+                walk.reshapes.append(ShapeEdit(node.name, position, new_group))
+        elif int(_attr(node, "axis", 1)) != position:
+            continue
+        return _carry(walk, node, node.output[0], position, new_group)
+    raise _Blocked(f"{node.op_type} {node.name!r} mixes the channel axis with others")
+
+
+def structure_candidates(
+    analysis: GraphAnalysis, structures: StructureAnalysis,
+) -> dict[str, Candidate]:
+    """The consumer candidate of every structure, by structure name."""
+    by_name = {c.name: c for c in analysis.candidates}
+    return {s.name: by_name[s.consumer] for s in structures.structures}
+
+
+def describe_blocked(blocked: Sequence[BlockedStructure]) -> list[str]:
+    return [f"{b.producer}: {b.reason}" for b in blocked]
