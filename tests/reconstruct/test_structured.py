@@ -1,0 +1,61 @@
+"""Structured OBS on the consumer (pure numpy): levels, errors, compensation, the bias column."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxprune.reconstruct.structured import remove_channels
+
+
+def _data(channels: int, group: int, rows: int = 12, samples: int = 3000, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    latent = rng.standard_normal((samples, 6))
+    X = latent @ rng.standard_normal((6, channels * group)) + 0.3 * rng.standard_normal(
+        (samples, channels * group)) + 1.0  # correlated, with a non-zero mean
+    W = rng.standard_normal((rows, channels * group))
+    b = rng.standard_normal(rows)
+    H = 2.0 / samples * X.T @ X
+    mean = 2.0 / samples * X.sum(axis=0)
+    return X, W, b, H, mean
+
+
+def _rel(X, W_new, b_new, W, b) -> float:
+    want = X @ W.T + b
+    return float(np.sum((X @ W_new.T + b_new - want) ** 2) / np.sum(want ** 2))
+
+
+@pytest.mark.parametrize("group", [1, 9])
+def test_every_level_from_one_pass_with_errors_that_match_the_data(group):
+    X, W, b, H, _ = _data(16, group)
+    results = remove_channels(W, H, group, [16, 12, 8, 3])
+    assert sorted(results) == [3, 8, 12, 16]
+    np.testing.assert_allclose(results[16].weight, W, rtol=1e-6)
+    assert results[16].err == 0.0
+    errors = []
+    for keep in (12, 8, 3):
+        solution = results[keep]
+        assert len(solution.kept) == keep
+        removed = np.setdiff1d(np.arange(16), solution.kept)
+        columns = (removed[:, None] * group + np.arange(group)).reshape(-1)
+        assert not solution.weight[:, columns].any()  # removed channels' columns are zero
+        measured = float(np.sum((X @ (solution.weight - W).T) ** 2) / np.sum((X @ W.T) ** 2))
+        assert solution.err == pytest.approx(measured, rel=0.05, abs=1e-6)
+        errors.append(solution.err)
+    assert errors == sorted(errors)  # fewer channels kept, more error
+
+
+def test_compensation_beats_dropping_the_same_channels():
+    X, W, b, H, _ = _data(24, 1)
+    solution = remove_channels(W, H, 1, [8])[8]
+    dropped = np.zeros_like(W)
+    dropped[:, solution.kept] = W[:, solution.kept]
+    assert _rel(X, solution.weight, b, W, b) < 0.5 * _rel(X, dropped, b, W, b)
+
+
+def test_the_bias_column_absorbs_the_removed_channels_mean():
+    X, W, b, H, mean = _data(24, 1)
+    with_bias = remove_channels(W, H, 1, [6], bias=b, mean=mean)[6]
+    without = remove_channels(W, H, 1, [6])[6]
+    assert with_bias.bias is not None and without.bias is None
+    assert _rel(X, with_bias.weight, with_bias.bias, W, b) <= _rel(X, without.weight, b, W, b)

@@ -1,0 +1,123 @@
+"""Small graphs with channel structures, built from a vocabulary of pass-through ops.
+
+``ffn_model`` chains MatMul → [ops] → MatMul; ``conv_chain`` chains Conv → [ops] → Conv. The
+``ops`` are names from :data:`MATMUL_OPS` / :data:`CONV_OPS`, so property tests can draw them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from tests.models import init, make_model, tensor
+
+MATMUL_OPS = ("bias", "relu", "gelu", "silu", "scale", "sigmoid", "tanh", "clip")
+CONV_OPS = ("bn", "relu", "depthwise", "clip", "hardswish", "scale", "bias", "maxpool", "pad")
+
+
+class _Chain:
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def name(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}{self.count}"
+
+    def const(self, value: np.ndarray, prefix: str = "c") -> str:
+        name = self.name(prefix)
+        value = np.asarray(value)
+        self.inits.append(numpy_helper.from_array(value, name) if value.dtype == np.int64
+                          else init(name, value))
+        return name
+
+    def node(self, op: str, inputs: Sequence[str], **attrs) -> str:
+        out = self.name(op.lower() + "_out")
+        self.nodes.append(helper.make_node(op, list(inputs), [out], name=self.name(op), **attrs))
+        return out
+
+    def ops(self, x: str, kinds: Sequence[str], width: int, conv: bool) -> str:
+        per_channel = [1, width, 1, 1] if conv else [width]
+        for kind in kinds:
+            if kind == "bias":
+                x = self.node("Add", [x, self.const(self.rng.standard_normal(per_channel))])
+            elif kind == "scale":
+                x = self.node("Mul", [x, self.const(self.rng.uniform(0.5, 2, per_channel))])
+            elif kind == "relu":
+                x = self.node("Relu", [x])
+            elif kind == "sigmoid":
+                x = self.node("Sigmoid", [x])
+            elif kind == "tanh":
+                x = self.node("Tanh", [x])
+            elif kind == "hardswish":
+                x = self.node("HardSwish", [x])
+            elif kind == "clip":
+                x = self.node("Clip", [x, self.const(np.array(0.0)), self.const(np.array(6.0))])
+            elif kind == "silu":
+                x = self.node("Mul", [x, self.node("Sigmoid", [x])])
+            elif kind == "gelu":  # the torch export: x/√2 → Erf → +1 → ·x → ·0.5
+                erf = self.node("Erf", [self.node("Div", [x, self.const(np.array(1.4142135))])])
+                plus = self.node("Add", [erf, self.const(np.array(1.0))])
+                x = self.node("Mul", [self.node("Mul", [x, plus]), self.const(np.array(0.5))])
+            elif kind == "bn":
+                x = self.node("BatchNormalization", [
+                    x, self.const(self.rng.uniform(0.5, 2, width)),
+                    self.const(self.rng.standard_normal(width)),
+                    self.const(self.rng.standard_normal(width) * 0.1),
+                    self.const(self.rng.uniform(0.5, 2, width))])
+            elif kind == "depthwise":
+                x = self.node("Conv", [x, self.const(self.rng.standard_normal((width, 1, 3, 3))),
+                                       self.const(self.rng.standard_normal(width))],
+                              group=width, pads=[1, 1, 1, 1])
+            elif kind == "maxpool":
+                x = self.node("MaxPool", [x], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+            elif kind == "pad":
+                pads = np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)
+                x = self.node("Pad", [x, self.const(pads, "p")])
+            else:
+                raise ValueError(kind)
+        return x
+
+
+def ffn_model(width: int, ops: Sequence[str], seed: int = 0, d_in: int = 12,
+              d_out: int = 10) -> onnx.ModelProto:
+    """x [batch, seq, d_in] → MatMul(d_in→width) → ops → MatMul(width→d_out) → y."""
+    rng = np.random.default_rng(seed)
+    chain = _Chain(rng)
+    h = chain.node("MatMul", ["x", chain.const(rng.standard_normal((d_in, width)), "w_up")])
+    h = chain.ops(h, ops, width, conv=False)
+    chain.nodes.append(helper.make_node(
+        "MatMul", [h, chain.const(rng.standard_normal((width, d_out)), "w_down")], ["y"],
+        name="down"))
+    return make_model(chain.nodes, [tensor("x", ["batch", "seq", d_in])],
+                      [tensor("y", ["batch", "seq", d_out])], chain.inits)
+
+
+def conv_chain(width: int, ops: Sequence[str], seed: int = 0, flatten: bool = False,
+               c_in: int = 3, c_out: int = 5, size: int = 6) -> onnx.ModelProto:
+    """x [batch, c_in, s, s] → Conv(→width) → ops → Conv(width→c_out) or Flatten → Gemm → y."""
+    rng = np.random.default_rng(seed)
+    chain = _Chain(rng)
+    h = chain.node("Conv", ["x", chain.const(rng.standard_normal((width, c_in, 3, 3)), "w_a"),
+                            chain.const(rng.standard_normal(width), "b_a")], pads=[1, 1, 1, 1])
+    h = chain.ops(h, ops, width, conv=True)
+    if flatten:
+        flat = chain.node("Flatten", [h], axis=1)
+        padded = size + 2 * ops.count("pad")
+        features = width * padded * padded
+        chain.nodes.append(helper.make_node(
+            "Gemm", [flat, chain.const(rng.standard_normal((c_out, features)), "w_fc"),
+                     chain.const(rng.standard_normal(c_out), "b_fc")], ["y"], name="fc",
+            transB=1))
+        out = tensor("y", ["batch", c_out])
+    else:
+        chain.nodes.append(helper.make_node(
+            "Conv", [h, chain.const(rng.standard_normal((c_out, width, 3, 3)), "w_b")], ["y"],
+            name="conv_b", pads=[1, 1, 1, 1]))
+        out = tensor("y", ["batch", c_out, "h", "w"])
+    return make_model(chain.nodes, [tensor("x", ["batch", c_in, size, size])], [out], chain.inits)
