@@ -42,7 +42,8 @@ def _cut_structures(model: onnx.ModelProto, candidates: Sequence[Candidate],
     by_name = {c.name: c for c in candidates}
     for cand in candidates:
         if cand.structure is not None:
-            by_name.setdefault(cand.structure.producer.name, cand.structure.producer)
+            for producer in cand.structure.producers:
+                by_name.setdefault(producer.name, producer)
     logger.info("shrinking %d structure(s) along their chains", len(cuts))
     return apply_cuts(copy, cuts, by_name, weights)
 

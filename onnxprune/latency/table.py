@@ -446,7 +446,7 @@ def _structure_at(candidate: Candidate, keep: int) -> onnx.ModelProto:
     model.CopyFrom(context.isolated)
     cut = StructureCut(context.structure, np.arange(keep))
     return apply_cuts(model, [cut], {candidate.name: candidate,
-                                     context.producer.name: context.producer})
+                                     **{p.name: p for p in context.producers}})
 
 
 def _reference(builder: IsolatedBuilder, candidate: Candidate, option: LayoutOption,

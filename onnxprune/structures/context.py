@@ -26,16 +26,20 @@ class StructureContext:
 
     Attributes:
         structure: the structure.
-        producer: its producer candidate.
+        producers: its producer candidates (Q, K and V for attention heads).
         isolated: producer, members and consumer alone, dense (see ``shrink.isolated_structure``).
         signature: digest of the isolated subgraph's ops, attributes and shapes (no weight
             values), so identical blocks (six FFNs of an encoder) are timed once.
     """
 
     structure: Structure
-    producer: Candidate
+    producers: tuple[Candidate, ...]
     isolated: onnx.ModelProto
     signature: str
+
+    @property
+    def producer(self) -> Candidate:
+        return self.producers[0]
 
 
 def _signature(isolated: onnx.ModelProto) -> str:
@@ -62,12 +66,14 @@ def attach_structures(
     contexts = {}
     producers: set[str] = set()
     for structure in found.structures:
-        if structure.producer not in by_name or structure.consumer not in by_name:
+        if any(p not in by_name for p in structure.producers) or \
+                structure.consumer not in by_name:
             continue  # an excluded node: the structure is not used
         isolated = isolated_structure(model, structure, by_name)
         contexts[structure.consumer] = StructureContext(
-            structure, by_name[structure.producer], isolated, _signature(isolated))
-        producers.add(structure.producer)
+            structure, tuple(by_name[p] for p in structure.producers), isolated,
+            _signature(isolated))
+        producers.update(structure.producers)
     attached = [dataclasses.replace(c, structure=contexts[c.name]) if c.name in contexts else c
                 for c in candidates]
     return attached, producers

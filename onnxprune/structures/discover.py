@@ -19,7 +19,15 @@ is followed along its output's channel axis:
   Reshape that splits the axis), a residual Add with another tensor (the residual stream of a
   post-LN encoder and an MBConv's projection output stay whole), or a second consumer.
 
-Every structure found has exactly one producer and one consumer, each a single-site candidate.
+Every channel structure has exactly one producer and one consumer, each a single-site candidate.
+
+**Attention heads** are matched as a pattern instead (:func:`find_heads`): from each Softmax over
+``[batch, heads, queries, keys]`` scores back through the scale and mask to ``Q·Kᵀ``, from Q, K
+and V through their Transposes, head-splitting Reshape and bias to their projections, and from
+``P·V`` through the head-merging Transpose and Reshape to the output projection. A head is then
+a channel of ``head_dim`` columns in Q, K, V and ``head_dim`` rows in the output projection;
+removing it shrinks the attention core with it. Reshape targets that name the head count are
+edited (a target computed at run time must say -1 there); a mask that differs per head blocks.
 """
 
 from __future__ import annotations
@@ -66,11 +74,14 @@ class ConstantSlice:
 
 @dataclass(frozen=True)
 class ShapeEdit:
-    """A Reshape whose constant target names the channel count (times ``group``) at ``position``."""
+    """A constant shape entry that names the channel count: ``node.input[input_index]``'s element
+    ``position`` becomes ``width · group`` (a Reshape target, or one piece of a Concat that
+    builds it)."""
 
     node: str
     position: int
     group: int
+    input_index: int = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,7 +92,8 @@ class Structure:
         name: a readable name, ``<producer> -> <consumer>``.
         kind: "ffn" (MatMul/Gemm to MatMul/Gemm), "conv-chain" (Conv to Conv, through depthwise
             convs when there are some) or "channels" (any other pairing).
-        producer: the producer candidate's name (its output channels go).
+        producers: the producer candidates' names (their output channels go): one, or the Q, K
+            and V projections of an attention block.
         consumer: the consumer candidate's name (its input channels go).
         members: the pass-through nodes between them, in graph order.
         width: the number of channels.
@@ -90,12 +102,18 @@ class Structure:
         slices: per-channel constants of members to cut with the channels.
         depthwise: depthwise Conv members (their weight, bias and ``group`` shrink).
         batchnorms: BatchNormalization members (their four parameters shrink).
-        reshapes: Reshape members whose target names the channel count.
+        reshapes: constant shape entries that name the channel count.
+        producer_group: consecutive output columns per channel in each producer (a head's
+            ``head_dim``; 1 otherwise).
+        external_inputs: (name, shape, elem type) of run-time tensors the structure reads besides
+            the producers' activation (an attention mask), for its isolated subgraph.
+        fixed_shapes: (Reshape node, concrete target with -1 at the channel axis) for Reshapes
+            whose target is computed at run time, so the isolated subgraph runs at any width.
     """
 
     name: str
     kind: str
-    producer: str
+    producers: tuple[str, ...]
     consumer: str
     members: tuple[str, ...]
     width: int
@@ -104,14 +122,23 @@ class Structure:
     depthwise: tuple[str, ...] = ()
     batchnorms: tuple[str, ...] = ()
     reshapes: tuple[ShapeEdit, ...] = ()
+    producer_group: int = 1
+    external_inputs: tuple[tuple[str, tuple[int, ...], int], ...] = ()
+    fixed_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    @property
+    def producer(self) -> str:
+        """The first producer (the only one, except for attention heads: Q, K and V)."""
+        return self.producers[0]
 
     @property
     def nodes(self) -> tuple[str, ...]:
-        return (self.producer, *self.members, self.consumer)
+        return (*self.producers, *self.members, self.consumer)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "producer": self.producer,
-                "consumer": self.consumer, "members": list(self.members), "width": self.width}
+        return {"name": self.name, "kind": self.kind, "producers": list(self.producers),
+                "consumer": self.consumer, "members": list(self.members), "width": self.width,
+                "channel_size": self.consumer_group}
 
 
 @dataclass(frozen=True)
@@ -234,7 +261,17 @@ def find_structures(
             continue
         taken.update(structure.members)
         found.append(structure)
-    return StructureAnalysis(tuple(found), tuple(blocked))
+    heads, heads_blocked = find_heads(graph, single)
+    claimed = {n for s in found for n in (*s.producers, s.consumer)}
+    for structure in heads:
+        if claimed.intersection((*structure.producers, structure.consumer)) or \
+                taken.intersection(structure.members):
+            heads_blocked.append(BlockedStructure(structure.name, "overlaps another structure"))
+            continue
+        taken.update(structure.members)
+        found.append(structure)
+        blocked = [b for b in blocked if b.producer not in structure.producers]
+    return StructureAnalysis(tuple(found), tuple(blocked) + tuple(heads_blocked))
 
 
 def _follow(graph: _Graph, producer: Candidate, single: Mapping[str, Candidate],
@@ -277,7 +314,7 @@ def _follow(graph: _Graph, producer: Candidate, single: Mapping[str, Candidate],
             "ffn" if kinds <= {"MatMul", "Gemm"} else "channels")
     members = tuple(sorted(walk.members, key=lambda n: graph.position[n]))
     return Structure(
-        name=f"{producer.name} -> {consumer.name}", kind=kind, producer=producer.name,
+        name=f"{producer.name} -> {consumer.name}", kind=kind, producers=(producer.name,),
         consumer=consumer.name, members=members, width=walk.width, consumer_group=group,
         slices=tuple(walk.slices), depthwise=tuple(walk.depthwise),
         batchnorms=tuple(walk.batchnorms), reshapes=tuple(walk.reshapes),
@@ -362,7 +399,8 @@ def _step(graph: _Graph, walk: _Walk, tensor: str, node: onnx.NodeProto,
         norm_axis = int(_attr(node, "axis", -1))
         if rank is None or norm_axis % rank == axis or (
                 op == "LayerNormalization" and axis >= norm_axis % rank):
-            raise _Blocked(f"{op} {name!r} normalizes over the channels")
+            raise _Blocked(f"{op} {name!r} normalizes over the channels (a residual stream "
+                           "normalized after the Add, as in post-LN encoders, stays whole)")
         return _carry(walk, node, node.output[0], axis, group)
     if op == "Transpose":
         perm = list(_attr(node, "perm", list(range((rank or 0) - 1, -1, -1))))
@@ -464,3 +502,239 @@ def structure_candidates(
 
 def describe_blocked(blocked: Sequence[BlockedStructure]) -> list[str]:
     return [f"{b.producer}: {b.reason}" for b in blocked]
+
+
+# --------------------------------------------------------------------------- attention heads
+_SCORE_OPS = frozenset({"Mul", "Div", "Add", "Sub", "Where", "Cast"})
+_SIDE_OPS = frozenset({"Transpose", "Reshape", "Add", "Mul", "Div"})
+
+
+def find_heads(graph: _Graph, single: Mapping[str, Candidate],
+               ) -> tuple[list[Structure], list[BlockedStructure]]:
+    """Attention blocks whose heads can go: one structure per Softmax over attention scores."""
+    found, blocked = [], []
+    for node in graph.model.graph.node:
+        if node.op_type != "Softmax":
+            continue
+        try:
+            found.append(_match_attention(graph, node, single))
+        except _Blocked as exc:
+            blocked.append(BlockedStructure(node.name, f"attention heads: {exc}"))
+    return found, blocked
+
+
+def _single_reader(graph: _Graph, tensor: str) -> onnx.NodeProto:
+    readers = graph.consumers.get(tensor, [])
+    if len(readers) != 1 or tensor in graph.outputs:
+        raise _Blocked(f"{tensor!r} is read by {len(readers)} nodes")
+    return readers[0]
+
+
+def _match_attention(graph: _Graph, softmax: onnx.NodeProto,
+                     single: Mapping[str, Candidate]) -> Structure:
+    shape = graph.shapes.get(softmax.input[0])
+    if shape is None or len(shape) != 4:
+        raise _Blocked("the scores are not [batch, heads, queries, keys]")
+    if int(_attr(softmax, "axis", -1)) % 4 != 3:
+        raise _Blocked("Softmax is not over the keys")
+    heads = shape[1]
+    members: list[str] = [softmax.name]
+    external: list[tuple[str, tuple[int, ...], int]] = []
+    tensor = softmax.input[0]
+    while True:  # back through scale, mask and casts to the QKᵀ MatMul
+        node = graph.producer.get(tensor)
+        if node is None:
+            raise _Blocked("the scores do not come from a MatMul")
+        if node.op_type == "MatMul":
+            qk = node
+            break
+        if node.op_type not in _SCORE_OPS:
+            raise _Blocked(f"{node.op_type} {node.name!r} between the scores and Softmax")
+        members.append(node.name)
+        variables = [i for i in node.input if i and graph.constant(i) is None]
+        onward = [i for i in variables if graph.shapes.get(i) == shape]
+        if not onward:
+            raise _Blocked(f"{node.op_type} {node.name!r} changes the scores' shape")
+        tensor = onward[0]
+        for other in variables:
+            if other == tensor:
+                continue
+            other_shape = graph.shapes.get(other)
+            if other_shape is None or (len(other_shape) == 4 and other_shape[1] != 1):
+                raise _Blocked(f"the mask {other!r} differs per head")
+            external.append((other, tuple(other_shape), _elem_type(graph, other)))
+    members.append(qk.name)
+    side_q = _trace_side(graph, qk.input[0], heads, single, want_axis=1)
+    side_k = _trace_side(graph, qk.input[1], heads, single, want_axis=1)
+    pv = _single_reader(graph, softmax.output[0])
+    if pv.op_type != "MatMul" or pv.input[0] != softmax.output[0]:
+        raise _Blocked(f"the probabilities feed {pv.op_type} {pv.name!r}, not P·V")
+    side_v = _trace_side(graph, pv.input[1], heads, single, want_axis=1)
+    members.append(pv.name)
+    head_dim = side_q.head_dim
+    if {side_k.head_dim, side_v.head_dim} != {head_dim}:
+        raise _Blocked("Q, K and V have different head sizes")
+    activations = {single[s.producer].sites[0].activation for s in (side_q, side_k, side_v)}
+    if len(activations) != 1:
+        raise _Blocked("Q, K and V read different inputs (cross-attention)")
+    merge_members, consumer, edits, fixed = _merge_heads(graph, pv.output[0], heads, head_dim,
+                                                         single)
+    members += merge_members
+    edits_all = [*side_q.edits, *side_k.edits, *side_v.edits, *edits]
+    fixed_all = [*side_q.fixed, *side_k.fixed, *side_v.fixed, *fixed]
+    members += [*side_q.members, *side_k.members, *side_v.members]
+    producers = (side_q.producer, side_k.producer, side_v.producer)
+    if len(set(producers)) != 3:
+        raise _Blocked("Q, K and V share a projection")
+    ordered = tuple(sorted(set(members), key=lambda n: graph.position[n]))
+    return Structure(
+        name=f"heads {', '.join(producers)} -> {consumer}", kind="heads", producers=producers,
+        consumer=consumer, members=ordered, width=heads, consumer_group=head_dim,
+        slices=(*side_q.slices, *side_k.slices, *side_v.slices),
+        reshapes=tuple(edits_all), producer_group=head_dim, external_inputs=tuple(external),
+        fixed_shapes=tuple(fixed_all),
+    )
+
+
+def _elem_type(graph: _Graph, tensor: str) -> int:
+    for value in [*graph.model.graph.value_info, *graph.model.graph.input,
+                  *graph.model.graph.output]:
+        if value.name == tensor and value.type.tensor_type.elem_type:
+            return value.type.tensor_type.elem_type
+    return onnx.TensorProto.FLOAT
+
+
+@dataclass
+class _Side:
+    producer: str
+    head_dim: int
+    members: list[str]
+    slices: list[ConstantSlice]
+    edits: list[ShapeEdit]
+    fixed: list[tuple[str, tuple[int, ...]]]
+
+
+def _trace_side(graph: _Graph, tensor: str, heads: int, single: Mapping[str, Candidate],
+                want_axis: int) -> _Side:
+    """Back from a Q/K/V operand of the attention core to its projection (one head split)."""
+    chain: list[onnx.NodeProto] = []
+    while True:
+        node = graph.producer.get(tensor)
+        if node is None:
+            raise _Blocked(f"{tensor!r} does not come from a projection")
+        if node.op_type in ("MatMul", "Gemm") and node.name in single:
+            producer = node
+            break
+        if node.op_type not in _SIDE_OPS:
+            raise _Blocked(f"{node.op_type} {node.name!r} between a projection and the core")
+        _single_reader(graph, node.output[0])
+        chain.append(node)
+        variables = [i for i in node.input if i and graph.constant(i) is None]
+        if node.op_type == "Reshape":
+            variables = [node.input[0]]
+        if len(variables) != 1:
+            raise _Blocked(f"{node.op_type} {node.name!r} joins two run-time tensors")
+        tensor = variables[0]
+    _single_reader(graph, producer.output[0])
+    chain.reverse()  # projection -> core
+    splits = [n for n in chain if n.op_type == "Reshape"]
+    if len(splits) != 1:
+        raise _Blocked("no single Reshape splits the projection into heads")
+    split = splits[0]
+    out_shape = graph.shapes.get(split.output[0])
+    in_shape = graph.shapes.get(split.input[0])
+    if out_shape is None or in_shape is None or len(out_shape) != 4 or \
+            out_shape[2] != heads or out_shape[3] * heads != in_shape[-1]:
+        raise _Blocked(f"Reshape {split.name!r} does not split the features into heads")
+    head_dim = out_shape[3]
+    side = _Side(producer.name, head_dim, [n.name for n in chain], [], [], [])
+    axis = None
+    for node in chain:
+        rank = graph.rank(node.output[0]) or 0
+        if node is split:
+            axis = 2
+            _shape_edit(graph, split, 2, heads, 1, side, out_shape)
+        elif node.op_type == "Transpose":
+            if axis is not None:
+                perm = list(_attr(node, "perm", list(range(rank - 1, -1, -1))))
+                axis = perm.index(axis)
+        elif graph.constant(node.input[1]) is not None or graph.constant(node.input[0]) is not None:
+            index = 1 if graph.constant(node.input[1]) is not None else 0
+            value = graph.constant(node.input[index])
+            if axis is None:  # before the split: a bias over the features, per head group
+                if value.size > 1:
+                    if value.shape[-1] != heads * head_dim:
+                        raise _Blocked(f"{node.op_type} {node.name!r} has a constant of another "
+                                       "width")
+                    side.slices.append(ConstantSlice(node.name, index, value.ndim - 1,
+                                                     head_dim))
+            elif value.size > 1:
+                raise _Blocked(f"{node.op_type} {node.name!r} scales per element after the split")
+    if axis != want_axis:
+        raise _Blocked("the heads are not on axis 1 at the attention core")
+    return side
+
+
+def _shape_edit(graph: _Graph, reshape: onnx.NodeProto, position: int, heads: int, group: int,
+                side: _Side, out_shape: tuple[int, ...]) -> None:
+    """Record how the Reshape target names the heads: fine if -1/0, edited if a constant."""
+    fixed = list(out_shape)
+    fixed[position] = -1
+    target = graph.constant(reshape.input[1])
+    if target is not None:
+        entry = int(target.reshape(-1)[position])
+        if entry == heads * group:
+            side.edits.append(ShapeEdit(reshape.name, position, group))
+        elif entry not in (-1, 0):
+            raise _Blocked(f"Reshape {reshape.name!r} target names another head count")
+        return
+    concat = graph.producer.get(reshape.input[1])
+    if concat is None or concat.op_type != "Concat":
+        raise _Blocked(f"Reshape {reshape.name!r} target is computed in an unknown way")
+    offset = 0
+    for index, piece in enumerate(concat.input):
+        piece_shape = graph.shapes.get(piece)
+        length = int(piece_shape[0]) if piece_shape else 1
+        if offset <= position < offset + length:
+            value = graph.constant(piece)
+            if value is None:
+                raise _Blocked(f"Reshape {reshape.name!r} takes the head count at run time")
+            entry = int(value.reshape(-1)[position - offset])
+            if entry == heads * group:
+                side.edits.append(ShapeEdit(concat.name, position - offset, group, index))
+            elif entry not in (-1, 0):
+                raise _Blocked(f"Reshape {reshape.name!r} target names another head count")
+            side.fixed.append((reshape.name, tuple(fixed)))
+            return
+        offset += length
+    raise _Blocked(f"Reshape {reshape.name!r} target is shorter than its output")
+
+
+def _merge_heads(graph: _Graph, tensor: str, heads: int, head_dim: int,
+                 single: Mapping[str, Candidate]):
+    """Forward from P·V ([b, heads, q, d]) through Transpose + Reshape to the output projection."""
+    members: list[str] = []
+    side = _Side("", head_dim, [], [], [], [])
+    axis = 1
+    while True:
+        node = _single_reader(graph, tensor)
+        if node.op_type == "Transpose":
+            perm = list(_attr(node, "perm", [3, 2, 1, 0]))
+            axis = perm.index(axis)
+        elif node.op_type == "Reshape":
+            in_shape = graph.shapes.get(node.input[0])
+            out_shape = graph.shapes.get(node.output[0])
+            if in_shape is None or out_shape is None or axis != len(in_shape) - 2 or \
+                    out_shape[-1] != heads * head_dim:
+                raise _Blocked(f"Reshape {node.name!r} does not merge the heads")
+            members.append(node.name)
+            _shape_edit(graph, node, len(out_shape) - 1, heads, head_dim, side, out_shape)
+            consumer = _single_reader(graph, node.output[0])
+            if consumer.op_type not in ("MatMul", "Gemm") or consumer.name not in single or \
+                    consumer.input[0] != node.output[0]:
+                raise _Blocked("the merged heads do not feed a prunable projection")
+            return members, consumer.name, side.edits, side.fixed
+        else:
+            raise _Blocked(f"{node.op_type} {node.name!r} after P·V")
+        members.append(node.name)
+        tensor = node.output[0]

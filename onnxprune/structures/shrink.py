@@ -122,11 +122,15 @@ def apply_cuts(
 
     for cut in cuts:
         structure, kept = cut.structure, np.asarray(cut.kept, dtype=np.int64)
-        producer, consumer = candidates[structure.producer], candidates[structure.consumer]
-        w = current(producer.name)
-        canonical[producer.name] = w[kept] if producer.op == "Conv" else w[:, kept]
-        if biases[producer.name] is not None:
-            biases[producer.name] = biases[producer.name][kept]
+        columns = (kept[:, None] * structure.producer_group
+                   + np.arange(structure.producer_group)).reshape(-1)
+        for name in structure.producers:
+            producer = candidates[name]
+            w = current(name)
+            canonical[name] = w[columns] if producer.op == "Conv" else w[:, columns]
+            if biases[name] is not None:
+                biases[name] = biases[name][columns]
+        consumer = candidates[structure.consumer]
         w = current(consumer.name)
         rows = consumer_rows(structure, consumer, kept)
         canonical[consumer.name] = w[:, rows] if consumer.op == "Conv" else w[rows]
@@ -162,10 +166,12 @@ def _cut_members(model: onnx.ModelProto, nodes: Mapping[str, onnx.NodeProto], wr
             node.input[2] = writer.add(f"{name}/bias", _constant(model, node.input[2])[kept])
         _set_attr(node, "group", width)
     for edit in structure.reshapes:
+        if edit.node not in nodes:
+            continue  # an isolated subgraph: its run-time shapes were fixed with -1 instead
         node = nodes[edit.node]
-        target = _constant(model, node.input[1]).copy()
+        target = _constant(model, node.input[edit.input_index]).copy()
         target.reshape(-1)[edit.position] = width * edit.group
-        node.input[1] = writer.add(f"{node.name}/shape", target)
+        node.input[edit.input_index] = writer.add(f"{node.name}/shape", target)
 
 
 def _write_node(node: onnx.NodeProto, candidate: Candidate, weight: np.ndarray,
@@ -217,11 +223,13 @@ def masked_consumer_weight(structure: Structure, candidate: Candidate, weight: n
 def isolated_structure(
     model: onnx.ModelProto, structure: Structure, candidates: Mapping[str, Candidate],
 ) -> onnx.ModelProto:
-    """The structure alone — producer, members, consumer — as a model timed on the EP.
+    """The structure alone — producers, members, consumer — as a model timed on the EP.
 
-    Its one input is the producer's activation at the deployment shape, its output the
-    consumer's output; constants are copied as initializers and the producer and consumer read
-    their canonical weights. What it times is what the structure's width changes.
+    Its inputs are the producers' activation at the deployment shape (and any run-time tensor
+    the structure reads, such as an attention mask), its output the consumer's output; constants
+    are copied as initializers, Reshape targets computed at run time become constants (with -1
+    on the channel axis), and the producers and consumer read their canonical weights. What it
+    times is what the structure's width changes.
     """
     from onnxprune.graph.load import stamp_ir_version
 
@@ -229,23 +237,33 @@ def isolated_structure(
     nodes = [onnx.NodeProto.FromString(n.SerializeToString())
              for n in model.graph.node if n.name in wanted]
     produced = {o for n in nodes for o in n.output}
-    producer = candidates[structure.producer]
+    producers = [candidates[name] for name in structure.producers]
     consumer = candidates[structure.consumer]
-    activation = producer.sites[0].activation
+    activation = producers[0].sites[0].activation
+    fixed = dict(structure.fixed_shapes)
+    external = {name for name, _, _ in structure.external_inputs}
+    weighted = {c.name for c in (*producers, consumer)}
     initializers = []
     seen: set[str] = set()
     for node in nodes:
+        if node.name in fixed:
+            node.input[1] = f"{node.name}/fixed_shape"
+            initializers.append(numpy_helper.from_array(
+                np.asarray(fixed[node.name], dtype=np.int64), node.input[1]))
         for index, name in enumerate(node.input):
-            if not name or name in produced or name == activation or name in seen:
+            if (not name or name in produced or name == activation or name in seen
+                    or name in external or (node.name in fixed and index == 1)):
                 continue
-            if node.name in (producer.name, consumer.name) and index >= 1:
+            if node.name in weighted and index >= 1:
                 continue  # written from the canonical weights below
             seen.add(name)
             initializers.append(numpy_helper.from_array(_constant(model, name), name))
+    inputs = [helper.make_tensor_value_info(activation, onnx.TensorProto.FLOAT,
+                                            list(producers[0].sites[0].input_shape))]
+    inputs += [helper.make_tensor_value_info(name, elem, list(shape))
+               for name, shape, elem in structure.external_inputs]
     graph = helper.make_graph(
-        nodes, f"structure {structure.name}",
-        [helper.make_tensor_value_info(activation, onnx.TensorProto.FLOAT,
-                                       list(producer.sites[0].input_shape))],
+        nodes, f"structure {structure.name}", inputs,
         [helper.make_tensor_value_info(consumer.sites[0].output, onnx.TensorProto.FLOAT,
                                        list(consumer.sites[0].output_shape))],
         initializers,
@@ -253,6 +271,6 @@ def isolated_structure(
     isolated = helper.make_model(graph, opset_imports=list(model.opset_import))
     by_name = {n.name: n for n in isolated.graph.node}
     writer = _Writer(isolated)
-    for cand in (producer, consumer):
+    for cand in (*producers, consumer):
         _write_node(by_name[cand.name], cand, cand.weight, cand.bias, writer)
     return stamp_ir_version(isolated)

@@ -162,3 +162,40 @@ def test_two_chained_structures_shrink_the_middle_conv_on_both_sides(ops):
     _, found = _discover(model, {"x": (1, 3, 5, 5)})
     assert [(s.producer, s.consumer) for s in found.structures] == [("a", "b"), ("b", "c")]
     _check_exact(model, {"x": (1, 3, 5, 5)}, batches=(2,), seed=1)
+
+
+def test_attention_heads_and_ffns_of_the_shipped_transformer_shrink_exactly():
+    from pathlib import Path
+
+    from onnxprune.graph.load import load_model
+
+    path = Path(__file__).resolve().parents[2] / "models" / "digits_transformer.onnx"
+    model = load_model(path)
+    analysis, found = _discover(model, {"input": (4, 8, 8)})
+    kinds = sorted(s.kind for s in found.structures)
+    assert kinds == ["ffn", "ffn", "heads", "heads"]
+    heads = next(s for s in found.structures if s.kind == "heads")
+    assert heads.width == 4 and heads.consumer_group == 32 and len(heads.producers) == 3
+    ops = {n.op_type for n in model.graph.node if n.name in heads.members}
+    assert {"Softmax", "MatMul", "Reshape", "Transpose"} <= ops  # the core shrinks with a head
+    _check_exact_named(model, "input", (4, 8, 8), batches=(1, 6), seed=2)
+
+
+def _check_exact_named(model, input_name, shape, batches, seed):
+    analysis, found = _discover(model, {input_name: shape})
+    candidates = {c.name: c for c in analysis.candidates}
+    rng = np.random.default_rng(seed)
+    cuts, weights = [], {}
+    for structure in found.structures:
+        kept = np.sort(rng.choice(structure.width, max(1, structure.width // 2), replace=False))
+        cuts.append(StructureCut(structure, kept))
+        consumer = candidates[structure.consumer]
+        weights[consumer.name] = masked_consumer_weight(structure, consumer, consumer.weight, kept)
+    reference = apply_cuts(copy.deepcopy(model), [], candidates, weights)
+    shrunk = apply_cuts(copy.deepcopy(model), cuts, candidates, weights)
+    onnx.checker.check_model(shrunk)
+    for batch in batches:
+        x = rng.standard_normal((batch, *shape[1:])).astype(np.float32)
+        run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+               .run(None, {input_name: x})[-1] for m in (reference, shrunk)]
+        np.testing.assert_allclose(run[1], run[0], rtol=1e-4, atol=1e-4 * np.abs(run[0]).max())
