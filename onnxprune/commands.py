@@ -60,8 +60,15 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
     )
     if calib_dir is not None and not Path(calib_dir).exists():
         raise UserError(f"calibration folder not found: {calib_dir}")
-    with progress_bars(quiet) as progress:
-        report = prune(input_path, output_path, config, progress=progress)
+    try:
+        with progress_bars(quiet) as progress:
+            report = prune(input_path, output_path, config, progress=progress)
+    except TargetUnreachableError as exc:
+        if json_path and exc.report is not None:  # pipelines read why, and what was reachable
+            data = report_to_json(exc.report)
+            data["refused"] = str(exc)
+            write_json(data, json_path)
+        raise
     if json_path != "-":
         render_report(console, report)
     if json_path:

@@ -21,6 +21,14 @@ class UserError(OnnxPruneError, ValueError):
 
 
 class TargetUnreachableError(OnnxPruneError):
-    """The requested speedup cannot be met; the message says the bound and what limits it."""
+    """The requested speedup cannot be met; the message says the bound and what limits it.
+
+    ``report`` carries what the run learned (bound, rounds, fidelity at the target, the fastest
+    model within the bound) when there is one, so ``--json`` can still be written.
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report

@@ -159,20 +159,24 @@ def class_scores(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
     return None
 
 
-def compare(
-    pairs: Iterable[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray],
-                          np.ndarray | None]],
-) -> Fidelity:
-    """Fidelity over batches of ``(pruned outputs, dense outputs, labels or None)``.
+def compare(pairs: Iterable[tuple]) -> Fidelity:
+    """Fidelity over batches of ``(pruned outputs, dense outputs, labels or None[, masks])``.
 
-    Outputs are matched by name; the dense outputs decide which names are compared.
+    Outputs are matched by name; the dense outputs decide which names are compared. ``masks``
+    maps a [batch, sequence] shape to a bool mask of the real (not padded) positions: an output
+    whose leading dims match is compared on those positions only.
     """
     accumulators: dict[str, _OutputAccumulator] = {}
     samples = labelled = dense_hits = pruned_hits = 0
-    for got, want, labels in pairs:
+    for item in pairs:
+        got, want, labels = item[0], item[1], item[2]
+        masks = item[3] if len(item) > 3 else {}
         for name, dense_value in want.items():
-            accumulators.setdefault(name, _OutputAccumulator()).add(
-                np.asarray(got[name]), np.asarray(dense_value))
+            y, d = np.asarray(got[name]), np.asarray(dense_value)
+            mask = masks.get(tuple(d.shape[:2])) if d.ndim >= 3 else None
+            if mask is not None:
+                y, d = y[mask], d[mask]
+            accumulators.setdefault(name, _OutputAccumulator()).add(y, d)
         first = next(iter(want.values()), None)
         samples += int(np.asarray(first).shape[0]) if first is not None and np.ndim(first) else 1
         if labels is not None:

@@ -330,7 +330,13 @@ def prune(
         solved["n"] += 1
         _emit(progress, "solving layer options", solved["n"], len(candidates))
 
-    database = build_database(candidates, options, hessians, progress=on_solved)
+    heldout = None
+    if hessians is not None and search is not None and runner is not None and \
+            search.samples < calib.samples:
+        heldout = {name: acc.H for name, acc in collect_hessians(runner, candidates,
+                                                                   search).items()}
+    database = build_database(candidates, options, hessians, progress=on_solved,
+                              heldout=heldout)
     realizer = Realizer(
         config, model, dense_payload, candidates, runtime, feeds, _configured_layouts(config),
         runner=runner, fit=fit,
@@ -356,6 +362,22 @@ def prune(
         return _finish(realizer.measure(attempt), report, realizer, calib, out_path, started)
 
     assert problem is not None
+    try:
+        return _speedup_mode(config, problem, candidates, database, realizer, runner, search,
+                             bound, report, calib, out_path, started, progress)
+    except TargetUnreachableError as exc:
+        if exc.report is None:
+            exc.report = report
+        report.wall_s = time.monotonic() - started
+        raise
+
+
+def _speedup_mode(config: PruneConfig, problem: AllocationProblem,
+                  candidates: Sequence[Candidate], database: Mapping[str, Sequence[PrunedWeight]],
+                  realizer: Realizer, runner: StitchedRunner | None, search: CalibSet | None,
+                  bound: FidelityBound | None, report: Report, calib: CalibSet | None,
+                  out_path: Path, started: float, progress: Progress | None) -> Report:
+    """Dry run, or the contract loop and writing its result."""
     if config.dry_run:
         from onnxprune.allocate.dp import solve_dp
 
@@ -376,6 +398,10 @@ def prune(
         if result.attempt is not None:
             report.predicted_speedup = result.attempt.predicted
             report.measured = result.attempt.measured
+            report.fidelity = result.attempt.fidelity
+            if bound is not None and result.attempt.fidelity is not None:
+                report.within_bound = bound.holds(result.attempt.fidelity)
+            report.met_target = False
             _fill_layers(report, candidates, result.attempt.chosen, problem)
         raise TargetUnreachableError(result.message or format_unreachable(problem, config.speedup))
     attempt = result.attempt

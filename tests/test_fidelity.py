@@ -86,3 +86,16 @@ def test_integer_outputs_count_differing_positions_and_labels_give_accuracy():
     assert not FidelityBound(max_accuracy_drop=10).holds(fidelity)
     assert FidelityBound(max_accuracy_drop=30).holds(fidelity)
     assert not FidelityBound().active
+
+
+def test_padded_positions_are_left_out_when_a_mask_matches():
+    from onnxprune.reconstruct.collect import padding_masks
+
+    mask = np.array([[1, 1, 0, 0], [1, 0, 0, 0]], dtype=np.int64)
+    masks = padding_masks({"input_ids": np.zeros((2, 4), np.int64), "attention_mask": mask})
+    assert list(masks) == [(2, 4)]  # all-zero ids are not a mask; the 0/1 mask is
+    dense = {"hidden": np.ones((2, 4, 3), np.float32)}
+    pruned = {"hidden": dense["hidden"].copy()}
+    pruned["hidden"][mask == 0] = 100.0  # garbage only where the input was padding
+    assert compare([(pruned, dense, None, masks)]).error == 0.0
+    assert compare([(pruned, dense, None)]).error > 1.0

@@ -87,10 +87,16 @@ def test_speed_beyond_a_tight_fidelity_bound_exits_3_and_names_both_numbers(tmp_
         [sys.executable, "-m", "onnxprune", str(MODELS / "digits_cnn.onnx"), str(out),
          "--speedup", "2", "--max-error", "0.02", "--calib", str(CALIB / "digits_cnn"),
          "--shape", "input=64x1x8x8", "--threads", "2", "--search-budget", "2",
-         "--verify-sessions", "2", "--cache-dir", str(cache_dir), "--quiet"],
+         "--verify-sessions", "2", "--cache-dir", str(cache_dir), "--quiet",
+         "--json", str(tmp_path / "refused.json")],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 3, result.stderr
+    # A pipeline reads why from the JSON: both numbers are there, and nothing was written.
+    data = json.loads((tmp_path / "refused.json").read_text())
+    assert data["written"] is False and "fidelity bound" in data["refused"]
+    assert data["fidelity_at_target"]["relative_error"] > 0.02
+    assert data["within_fidelity_bound"] is True and data["measured_speedup"]["speedup"] > 0
     assert "Traceback" not in result.stderr
     message = " ".join(result.stderr.split())
     # Both numbers: the fidelity at the requested speed, and the best speed within the bound.

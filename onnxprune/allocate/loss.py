@@ -16,6 +16,7 @@ from onnxprune.calib import CalibSet
 from onnxprune.fidelity import Fidelity, Scorer, compare
 from onnxprune.graph.candidates import Candidate
 from onnxprune.layouts.base import PrunedWeight
+from onnxprune.reconstruct.collect import padding_masks
 from onnxprune.reconstruct.stitch import StitchedRunner
 
 
@@ -23,10 +24,13 @@ def fidelity_scorer(runner: StitchedRunner, data: CalibSet) -> Scorer:
     """Fidelity of replacement weights on ``data`` (dense outputs computed once, here)."""
     dense_outputs = [runner.run(feed) for feed in data.batches]
 
+    masks = [padding_masks(feed) for feed in data.batches]
+
     def score(weights: Mapping[str, np.ndarray]) -> Fidelity:
         return compare(
-            (runner.run(feed, weights), dense, labels)
-            for feed, dense, labels in zip(data.batches, dense_outputs, data.labels, strict=True)
+            (runner.run(feed, weights), dense, labels, mask)
+            for feed, dense, labels, mask in zip(data.batches, dense_outputs, data.labels, masks,
+                                                 strict=True)
         )
 
     return score

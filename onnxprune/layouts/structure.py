@@ -39,6 +39,11 @@ if TYPE_CHECKING:
     from onnxprune.reconstruct.obs import ObsSolver
 
 ROUND_TO = 8
+PERCDAMP = 0.3
+"""Dampening of the structured solve (fraction of mean diag H). Removing whole channels asks
+the remaining ones for a large compensation, which fits the calibration images it saw: on an
+EfficientNet-Lite0 projection conv (480 -> 420 channels) the held-out error was 0.089 at 0.01,
+0.052 at 0.3 and 0.049 at 1.0, and at 240 channels 0.278 / 0.189 / 0.191."""
 _PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -87,7 +92,7 @@ class StructureLayout:
             group = (context.structure.consumer_group if candidate.op != "Conv"
                      else int(np.prod(candidate.weight.shape[2:])))
             passes.update(remove_channels(to_rows(candidate, candidate.weight), solver.hessian,
-                                          group, keeps))
+                                          group, keeps, percdamp=PERCDAMP))
         solution = passes[keep]
         weight = from_rows(candidate, solution.weight)
         rows = _kept_rows(context.structure, candidate, solution.kept)

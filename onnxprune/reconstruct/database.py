@@ -47,11 +47,20 @@ def solve_options(
     return solved
 
 
+def heldout_error(candidate: Candidate, solution: PrunedWeight, hessian: np.ndarray) -> float:
+    """``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` with the Hessian of data the solve did not see."""
+    W = to_rows(candidate, candidate.weight).astype(np.float64)
+    D = to_rows(candidate, solution.weight).astype(np.float64) - W
+    total = float(np.einsum("nk,nk->", W @ hessian, W))
+    return max(float(np.einsum("nk,nk->", D @ hessian, D)), 0.0) / total if total > 0 else 0.0
+
+
 def build_database(
     candidates: Sequence[Candidate],
     options: Mapping[str, Sequence[LayoutOption]],
     hessians: Mapping[str, np.ndarray] | None,
     progress: Callable[[str], None] | None = None,
+    heldout: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, list[PrunedWeight]]:
     """Solve every option of every candidate.
 
@@ -60,12 +69,22 @@ def build_database(
         options: per candidate name, its options (dense included by the caller).
         hessians: per candidate name, its H; None for the data-free proxy.
         progress: called with each candidate's name once it is solved.
+        heldout: per candidate name, the H of calibration data the solve does not see. Each
+            option's error is then measured there: OBS compensation fits the samples it saw,
+            and on EfficientNet-Lite0 the in-sample error of a structure was 10-30x below the
+            held-out one (0.0029 vs 0.0886), which made the DP prune far too much.
     """
     database: dict[str, list[PrunedWeight]] = {}
     for cand in candidates:
         hessian = None if hessians is None else hessians[cand.name]
         solver = make_solver(cand, hessian)
-        database[cand.name] = solve_options(cand, solver, options[cand.name])
+        solved = solve_options(cand, solver, options[cand.name])
+        if heldout is not None and cand.name in heldout:
+            solved = [s if s.option.layout == "dense" else
+                      PrunedWeight(s.option, s.mask, s.weight,
+                                   heldout_error(cand, s, heldout[cand.name]))
+                      for s in solved]
+        database[cand.name] = solved
         if progress:
             progress(cand.name)
     return database
