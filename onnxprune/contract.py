@@ -247,7 +247,9 @@ def run_contract(
         measured.append(attempt)
         assert attempt.measured is not None and attempt.predicted is not None
         if attempt.measured.speedup_low >= target:
-            return ContractResult(attempt, True, tuple(loop.rounds), None, loop.search)
+            relaxed = _relax(loop, attempt, target) if round_index == 0 else None
+            return ContractResult(relaxed or attempt, True, tuple(loop.rounds), None,
+                                  loop.search)
         last_ok_goal = goal
         # Correct the prediction by its measured bias and allocate again. (Compounding goals
         # instead overshoots: near the bound a few % more speed costs most of the accuracy.)
@@ -271,6 +273,42 @@ def run_contract(
     best = max(measured, key=lambda a: a.measured.speedup if a.measured else 0.0, default=None)
     message = _shortfall(target, problem, broke, best, bound, len(loop.rounds))
     return ContractResult(best, False, tuple(loop.rounds), broke, loop.search, message)
+
+
+OVERSHOOT = 1.2
+"""A first allocation measured this far above the target is relaxed once (fidelity is spent
+for nothing above the target)."""
+
+
+def _relax(loop: _Loop, attempt: Attempt, target: float) -> Attempt | None:
+    """Looser allocations when the first one overshoots; one is kept only if it still meets the
+    target with no worse fidelity. The first try corrects the goal by the measured bias; when
+    that falls short, the second aims halfway (geometrically) back to the first goal."""
+    measured, predicted = attempt.measured, attempt.predicted
+    if measured is None or predicted is None or measured.speedup_low < target * OVERSHOOT:
+        return None
+    first_goal = attempt.goal or predicted
+    goal = target * AIM_MARGIN * predicted / measured.speedup_low
+    for _ in range(2):
+        if goal >= first_goal * 0.98:
+            return None
+        choice = loop.allocate(goal, first=False)
+        if choice is None:
+            return None
+        chosen = loop.chosen(choice)
+        relaxed = loop.realizer.realize(chosen, goal=goal,
+                                        predicted=loop.problem.predicted_speedup(chosen))
+        if not loop.within(relaxed):
+            return None
+        relaxed = loop.realizer.measure(relaxed)
+        loop.record(relaxed, "relaxed (the first overshot)")
+        assert relaxed.measured is not None
+        if relaxed.measured.speedup_low >= target:
+            worse = (relaxed.fidelity is not None and attempt.fidelity is not None
+                     and relaxed.fidelity.error > attempt.fidelity.error)
+            return None if worse else relaxed
+        goal = math.sqrt(goal * first_goal)
+    return None
 
 
 def _shortfall(target: float, problem: AllocationProblem, broke: Attempt | None,
