@@ -92,7 +92,9 @@ def _load(model_path: str):
 @_common_options
 def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: int | None,
             json_path: str | None) -> None:
-    """List the prunable nodes of MODEL (by MACs) and every skipped node with its reason."""
+    """List the prunable nodes of MODEL (by MACs), the channel structures found (channel chains,
+    FFN neurons, attention heads), and every skipped node or structure-less producer with its
+    reason."""
     from onnxprune.graph.candidates import find_candidates
     from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs
     from onnxprune.report.inspect import analysis_to_json, render_inspect
@@ -101,9 +103,13 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
 
     resolve_provider(provider)  # a typo in --provider is an error everywhere, even here
     requested = parse_shape_specs(shapes)
+    from onnxprune.structures.context import discover_and_attach
+
     model = _load(model_path)
     analysis = find_candidates(model, bind_input_shapes(model, requested))
-    report = analysis_to_json(analysis, model_path)
+    found = discover_and_attach(model, analysis, analysis.candidates)[3] \
+        if analysis.candidates else None
+    report = analysis_to_json(analysis, model_path, found)
     if json_path != "-":
         render_inspect(out_console, report)
     if json_path:

@@ -39,6 +39,12 @@ def test_inspect_json(tmp_path):
     assert data["inputs"] == {"input": [16, 64]}
     assert [c["weight_shape"] for c in data["candidates"]] == [[256, 128], [64, 256], [128, 10]]
     assert "MatMul1" in result.stdout
+    # The two hidden layers are structures; the last one's reason is printed and in the JSON.
+    assert [(s["producers"], s["consumer"]) for s in data["structures"]] == [
+        (["MatMul"], "MatMul1"), (["MatMul1"], "MatMul2")]
+    assert "Channel structures (2)" in result.stdout
+    assert data["structures_blocked"][0]["producer"] == "MatMul2"
+    assert data["structures_blocked"][0]["reason"] in " ".join(result.stdout.split())
 
 
 @pytest.mark.parametrize(

@@ -308,7 +308,8 @@ def median_over_sessions(
     session moves the number, which is what a user re-measuring in a new process meets.
     """
     medians = [
-        time_model(payload, feed, runtime, max_seconds=seconds / max(sessions, 1)).median_s
+        time_model(payload, feed, runtime, warmup=1, min_repeats=3,
+                   max_seconds=seconds / max(sessions, 1)).median_s
         for _ in range(max(sessions, 1))
     ]
     median = float(np.median(medians))

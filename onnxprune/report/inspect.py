@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxprune.graph.candidates import GraphAnalysis
+from onnxprune.structures.discover import StructureAnalysis
 
 
 def _shape(shape: tuple[int, ...] | list[int]) -> str:
@@ -19,9 +20,19 @@ def _macs(macs: int) -> str:
     return str(macs)
 
 
-def analysis_to_json(analysis: GraphAnalysis, model_path: str) -> dict:
+def analysis_to_json(analysis: GraphAnalysis, model_path: str,
+                     structures: StructureAnalysis | None = None) -> dict:
     """The inspect report as plain data (what ``--json`` writes)."""
+    macs = {c.name: c.macs for c in analysis.candidates}
     return {
+        "structures": [
+            {**s.to_json(), "macs": sum(macs.get(n, 0) for n in (*s.producers, s.consumer))}
+            for s in (structures.structures if structures else ())
+        ],
+        "structures_blocked": [
+            {"producer": b.producer, "reason": b.reason, "macs": macs.get(b.producer, 0)}
+            for b in (structures.blocked if structures else ())
+        ],
         "model": model_path,
         "inputs": {i.name: list(i.shape) for i in analysis.bound.inputs},
         "notes": list(analysis.bound.notes),
@@ -68,6 +79,23 @@ def render_inspect(console: Console, report: dict) -> None:
     total, prunable = report["total_macs"], report["prunable_macs"]
     share = prunable / total if total else 0.0
     console.print(f"prunable MACs: {_macs(prunable)} of {_macs(total)} ({share:.1%})")
+    structures = report.get("structures") or []
+    if structures:
+        listing = Table(title=f"Channel structures ({len(structures)}): pruned whole, from "
+                              "producer to consumer", title_justify="left")
+        for column in ("kind", "producers -> consumer", "width", "channel", "ops between",
+                       "MACs"):
+            listing.add_column(column, overflow="fold")
+        for item in structures:
+            listing.add_row(item["kind"], f"{', '.join(item['producers'])} -> {item['consumer']}",
+                            str(item["width"]), f"{item['channel_size']} col",
+                            str(len(item["members"])), _macs(item["macs"]))
+        console.print(listing)
+    blocked = report.get("structures_blocked") or []
+    if blocked:
+        console.print(f"no structure from ({len(blocked)}), heaviest first:")
+        for item in sorted(blocked, key=lambda b: -b["macs"]):
+            console.print(f"  {item['producer']}: {item['reason']}", markup=False)
     if report["skipped"]:
         skipped = Table(title=f"Not pruned ({len(report['skipped'])})", title_justify="left")
         for column in ("node", "op", "MACs", "reason"):
