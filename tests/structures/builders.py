@@ -85,17 +85,29 @@ class _Chain:
 
 
 def ffn_model(width: int, ops: Sequence[str], seed: int = 0, d_in: int = 12,
-              d_out: int = 10) -> onnx.ModelProto:
-    """x [batch, seq, d_in] → MatMul(d_in→width) → ops → MatMul(width→d_out) → y."""
+              d_out: int = 10, residual: bool = False) -> onnx.ModelProto:
+    """x [batch, seq, d_in] → MatMul(d_in→width) → ops → MatMul(width→d_out) → y.
+
+    With ``residual`` (d_out = d_in): ``y = x + FFN(x)`` and a Concat of ``x`` with ``y`` as a
+    second output — the residual and the Concat block the down-projection's own channels but
+    must leave the FFN structure inside exact.
+    """
     rng = np.random.default_rng(seed)
     chain = _Chain(rng)
+    d_out = d_in if residual else d_out
     h = chain.node("MatMul", ["x", chain.const(rng.standard_normal((d_in, width)), "w_up")])
     h = chain.ops(h, ops, width, conv=False)
+    down = "f" if residual else "y"
     chain.nodes.append(helper.make_node(
-        "MatMul", [h, chain.const(rng.standard_normal((width, d_out)), "w_down")], ["y"],
+        "MatMul", [h, chain.const(rng.standard_normal((width, d_out)), "w_down")], [down],
         name="down"))
-    return make_model(chain.nodes, [tensor("x", ["batch", "seq", d_in])],
-                      [tensor("y", ["batch", "seq", d_out])], chain.inits)
+    outputs = [tensor("y", ["batch", "seq", d_out])]
+    if residual:
+        chain.nodes.append(helper.make_node("Add", ["x", "f"], ["y"], name="residual"))
+        chain.nodes.append(helper.make_node("Concat", ["x", "y"], ["both"], name="concat",
+                                            axis=-1))
+        outputs.append(tensor("both", ["batch", "seq", 2 * d_in]))
+    return make_model(chain.nodes, [tensor("x", ["batch", "seq", d_in])], outputs, chain.inits)
 
 
 def conv_chain(width: int, ops: Sequence[str], seed: int = 0, flatten: bool = False,
