@@ -22,9 +22,9 @@ from onnxprune.graph.candidates import Candidate
 from onnxprune.latency.measure import SpeedResult
 from onnxprune.layouts.base import Layout, PrunedWeight
 from onnxprune.materialize import materialize
-from onnxprune.reconstruct.sequential import sequential_resolve
 from onnxprune.reconstruct.stitch import StitchedRunner
 from onnxprune.runtime import RuntimeConfig
+from onnxprune.solve.sequential import sequential_resolve
 from onnxprune.verify import measure_speedup
 
 logger = logging.getLogger("onnxprune")

@@ -17,6 +17,9 @@ from rich.console import Console
 
 from onnxprune.config import DEFAULT_MAX_ERROR
 from onnxprune.errors import OnnxPruneError, UserError
+from onnxprune.layouts.registry import LAYOUTS
+
+LAYOUT_NAMES = tuple(LAYOUTS)
 
 logger = logging.getLogger("onnxprune")
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -173,8 +176,9 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
               help="Instead of a target: apply an N:M pattern to every node, e.g. 2:4 for "
                    "TensorRT sparsity.")
 @click.option("--layouts", default="", metavar="L1,L2",
-              help="Layouts allowed: dense, block, channel, nm, unstructured "
-                   "(default: those that are fast on the provider).")
+              help=f"Layouts allowed: {', '.join(LAYOUT_NAMES)} (default: those that are fast "
+                   "on the provider; 'structure' prunes channel chains, FFN neurons and "
+                   "attention heads whole).")
 @click.option("--calib", "calib_dir", type=click.Path(path_type=Path), default=None,
               help="Calibration data folder: .npz batches keyed by input name, or one .npy "
                    "per input.")

@@ -44,9 +44,9 @@ from onnxprune.layouts.registry import (
     layouts_fast_on,
 )
 from onnxprune.reconstruct.collect import collect_hessians, poorly_conditioned
-from onnxprune.reconstruct.database import build_database
 from onnxprune.reconstruct.stitch import StitchedRunner
 from onnxprune.runtime import RuntimeConfig, resolve_provider, synthetic_feed
+from onnxprune.solve.database import build_database
 from onnxprune.structures.context import discover_and_attach, layouts_for
 from onnxprune.verify import check_exact
 

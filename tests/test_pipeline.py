@@ -20,7 +20,7 @@ from onnx import numpy_helper
 
 from onnxprune import PruneConfig, prune
 from onnxprune.errors import TargetUnreachableError, UserError
-from onnxprune.reconstruct.masks import check_nm
+from onnxprune.layouts.nm import check_nm
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

@@ -28,13 +28,11 @@ logger = logging.getLogger("onnxprune")
 
 
 def granularity(option: LayoutOption) -> int:
-    """Entries that are kept or removed together (coarser = faster, usually less accurate)."""
-    params = dict(option.params)
-    if option.layout == "block":
-        return params["bk"] * params["bn"]
-    if option.layout == "channel":
-        return 1 << 30
-    return 1
+    """Entries that are kept or removed together, in the option's layout's own terms."""
+    from onnxprune.layouts.registry import LAYOUTS
+
+    layout = LAYOUTS.get(option.layout)
+    return layout.granularity(option) if layout is not None else 1
 
 
 def prune_dominated(

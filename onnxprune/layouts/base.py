@@ -8,10 +8,15 @@ layout testable alone and lets the pipeline treat them uniformly:
    with a reason (ORT quantization's ``should_quantize`` split: asking is separate from doing).
 2. :meth:`Layout.solve` — choose the mask and the reconstructed weight for one option, given the
    layer's OBS solver (calibration Hessian, or the identity for the data-free magnitude proxy).
+   A layout owns its mask picker and hands it to the solver's generic seam
+   (:meth:`~onnxprune.reconstruct.obs.ObsSolver.prune`); the solver knows no layout.
 3. :meth:`Layout.materialize` — rewrite the candidate's node(s) in an onnx-graphsurgeon graph into
    standard ONNX ops computing exactly ``X·W_masked (+ bias)``.
 4. ``fast_on`` — the execution providers on which the materialized form is genuinely faster, so
-   the allocator is only offered options that can pay off there.
+   the allocator is only offered options that can pay off there; ``label`` and ``granularity``
+   describe an option to the report and the allocator.
+
+A layout is one module plus one line in :mod:`onnxprune.layouts.registry`.
 
 Weights are always in the candidate's canonical orientation (MatMul/Gemm W[K, N] with
 ``Y = X·W + bias``; Conv W[O, C, kh, kw]). The OBS kernels work on [outputs, reduction]; the
@@ -59,19 +64,13 @@ class LayoutOption:
 
     @property
     def label(self) -> str:
-        """Short human label, e.g. ``block 64x64 75%`` or ``nm 2:4``."""
-        p = dict(self.params)
-        if self.layout == "dense":
-            return "dense"
-        if self.layout == "structure":
-            return f"structure {p['keep']}/{p['width']} channels"
-        if self.layout == "block":
-            shape = f"{p['bk']}x{p['bn']}"
-        elif self.layout == "nm":
-            shape = f"{p['n']}:{p['m']}"
-        else:
-            shape = ""
-        return " ".join(x for x in (self.layout, shape, f"{self.level:.0%}") if x)
+        """Short human label, e.g. ``block 64x64 75%`` or ``nm 2:4``: the layout's own words."""
+        from onnxprune.layouts.registry import LAYOUTS
+
+        layout = LAYOUTS.get(self.layout)
+        if layout is None:
+            return f"{self.layout} {self.level:.0%}"
+        return layout.label(self)
 
     def to_json(self) -> dict:
         return {"layout": self.layout, "level": self.level, "params": dict(self.params)}
@@ -108,6 +107,17 @@ class Layout(Protocol):
 
     name: ClassVar[str]
     fast_on: ClassVar[frozenset[str]]
+
+    @staticmethod
+    def label(option: LayoutOption) -> str:
+        """Short human label of one of this layout's options (CLI, report, JSON)."""
+        ...
+
+    @staticmethod
+    def granularity(option: LayoutOption) -> int:
+        """Entries kept or removed together (coarser = faster, usually less accurate); the
+        allocator drops an option dominated by a faster, lighter one that is no coarser."""
+        ...
 
     def options(
         self, candidate: Candidate, levels: Iterable[float] = DEFAULT_LEVELS
@@ -152,3 +162,36 @@ def from_rows(candidate: Candidate, rows: np.ndarray) -> np.ndarray:
     if candidate.op == "Conv":
         return rows.reshape(candidate.weight.shape)
     return np.ascontiguousarray(rows.T)
+
+
+def as_matrix(S: np.ndarray) -> np.ndarray:
+    """``S`` as a 2-D [N outputs, K reduction] array (raises otherwise)."""
+    S = np.asarray(S)
+    if S.ndim != 2:
+        raise ValueError(f"saliency must be a 2-D [N outputs, K reduction] array, got {S.shape}")
+    return S
+
+
+def top_k_mask(scores: np.ndarray, keep: int) -> np.ndarray:
+    """Bool mask of the ``keep`` largest entries along the last axis (exact count per slice).
+
+    Mask pickers keep exact counts (the materialized layouts need exact shapes); ties are broken
+    deterministically. ``argpartition`` (linear time) rather than a sort: the unstructured picker
+    runs on every lazy block of large layers.
+    """
+    size = scores.shape[-1]
+    mask = np.zeros(scores.shape, dtype=bool)
+    if keep <= 0:
+        return mask
+    if keep >= size:
+        mask[...] = True
+        return mask
+    order = np.argpartition(-scores, keep - 1, axis=-1)[..., :keep]
+    np.put_along_axis(mask, order, True, axis=-1)
+    return mask
+
+
+def pruned_weight(candidate: Candidate, option: LayoutOption, solution) -> PrunedWeight:
+    """A solver :class:`~onnxprune.reconstruct.obs.Solution` (OBS orientation) as canonical."""
+    return PrunedWeight(option, from_rows(candidate, solution.mask),
+                        from_rows(candidate, solution.weight), float(solution.err))

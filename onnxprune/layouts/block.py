@@ -28,7 +28,9 @@ from onnxprune.layouts.base import (
     DEFAULT_LEVELS,
     LayoutOption,
     PrunedWeight,
-    from_rows,
+    as_matrix,
+    pruned_weight,
+    top_k_mask,
 )
 
 if TYPE_CHECKING:
@@ -111,17 +113,21 @@ class Block:
             return [], f"{what}: no level given"
         return options, None
 
+    @staticmethod
+    def label(option: LayoutOption) -> str:
+        return f"block {option.param('bk')}x{option.param('bn')} {option.level:.0%}"
+
+    @staticmethod
+    def granularity(option: LayoutOption) -> int:
+        return option.param("bk") * option.param("bn")
+
     def solve(self, candidate: Candidate, solver: ObsSolver, option: LayoutOption) -> PrunedWeight:
-        """Balanced block mask and OBS reconstruction via ``solver.solve_block``."""
+        """Balanced block mask, picked up front from the saliency summed per block (the
+        balanced constraint spans all of K), then the OBS sweep reconstructs the kept blocks."""
         bk, bn, keep = option.param("bk"), option.param("bn"), option.param("keep")
         col_unit = int(np.prod(candidate.weight.shape[2:])) if candidate.op == "Conv" else 1
-        solution = solver.solve_block(bk, bn, keep, col_unit=col_unit)
-        return PrunedWeight(
-            option,
-            from_rows(candidate, solution.mask),
-            from_rows(candidate, solution.weight),
-            float(solution.err),
-        )
+        solution = solver.prune(lambda S: block_mask(S, bk, bn, keep, col_unit))
+        return pruned_weight(candidate, option, solution)
 
     def materialize(self, graph: gs.Graph, candidate: Candidate, pruned: PrunedWeight) -> None:
         """Rewrite the candidate's nodes as gather + batched MatMul (or grouped Conv)."""
@@ -218,3 +224,84 @@ def pack_conv(
     packed = packed.transpose(0, 2, 1, 3, 4, 5).reshape(out_channels, keep * bi, kh, kw)
     channel_index = (index[:, :, None] * bi + np.arange(bi)).reshape(-1)
     return channel_index.astype(np.int64), packed.astype(np.float32)
+
+
+def _block_grid(shape: tuple[int, int], bk: int, bn: int, col_unit: int) -> tuple[int, int, int]:
+    """Validate a block layout and return (row groups, column blocks, columns per block)."""
+    rows, cols = shape
+    if bk < 1 or bn < 1 or col_unit < 1:
+        raise ValueError(f"block sizes must be positive, got bk={bk}, bn={bn}, col_unit={col_unit}")
+    width = bk * col_unit
+    if cols % width:
+        raise ValueError(
+            f"block layout needs the reduction dim ({cols}) to be a multiple of "
+            f"bk*col_unit = {bk}*{col_unit}"
+        )
+    if rows % bn:
+        raise ValueError(f"block layout needs the output dim ({rows}) to be a multiple of bn={bn}")
+    return rows // bn, cols // width, width
+
+
+def block_scores(S: np.ndarray, bk: int, bn: int, col_unit: int = 1) -> np.ndarray:
+    """Sum of saliency per block: [N/bn, K/(bk·col_unit)] (row group, column block)."""
+    S = as_matrix(S)
+    groups, blocks, width = _block_grid(S.shape, bk, bn, col_unit)
+    return S.reshape(groups, S.shape[0] // groups, blocks, width).sum(axis=(1, 3))
+
+
+def block_mask(S: np.ndarray, bk: int, bn: int, keep_blocks: int, col_unit: int = 1) -> np.ndarray:
+    """Balanced block mask: every group of ``bn`` output rows keeps ``keep_blocks`` column blocks.
+
+    A block is ``bn`` output rows × ``bk·col_unit`` reduction columns, i.e. a ``bk x bn`` block of
+    the ONNX MatMul weight ``W[K, N]``. Balanced means every block-column of ``W[K, N]`` keeps the
+    same number of blocks, which is what lets the materialized graph gather ``keep_blocks·bk``
+    inputs per output group and run one batched MatMul.
+
+    ``col_unit`` makes the same picker serve Conv: with ``col_unit = kh·kw`` a column block is
+    ``bk`` whole input channels (all their kernel taps, which are adjacent columns), matching the
+    Conv materialization that gathers input channels.
+
+    Args:
+        S: [N, K] saliency.
+        bk: reduction-dim block size in units of ``col_unit`` columns (input channels for Conv).
+        bn: output rows per block.
+        keep_blocks: blocks kept per group of ``bn`` rows, 0 <= keep_blocks <= K/(bk·col_unit).
+        col_unit: columns per reduction unit (1 for MatMul/Gemm, kh·kw for Conv).
+
+    Returns:
+        Bool [N, K] keep mask, constant on every block.
+
+    Raises:
+        ValueError: the shape is not a multiple of the block or ``keep_blocks`` is out of range.
+    """
+    S = as_matrix(S)
+    scores = block_scores(S, bk, bn, col_unit)
+    groups, blocks = scores.shape
+    if not 0 <= keep_blocks <= blocks:
+        raise ValueError(f"keep_blocks must be in [0, {blocks}], got {keep_blocks}")
+    keep = top_k_mask(scores, keep_blocks)
+    rows, cols = S.shape
+    expanded = np.broadcast_to(
+        keep[:, None, :, None], (groups, rows // groups, blocks, cols // blocks)
+    )
+    return expanded.reshape(rows, cols)
+
+
+def check_block(mask: np.ndarray, bk: int, bn: int, keep_blocks: int, col_unit: int = 1) -> bool:
+    """Whether ``mask`` is block-constant and keeps exactly ``keep_blocks`` blocks per row group.
+
+    Exactly, not at most: the packed materialization has a fixed number of blocks per group.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        return False
+    try:
+        groups, blocks, width = _block_grid(mask.shape, bk, bn, col_unit)
+    except ValueError:
+        return False
+    tiles = mask.reshape(groups, mask.shape[0] // groups, blocks, width)
+    full = tiles.all(axis=(1, 3))
+    empty = ~tiles.any(axis=(1, 3))
+    if not np.all(full | empty):
+        return False
+    return bool(np.all(full.sum(axis=1) == keep_blocks))

@@ -22,7 +22,8 @@ from onnxprune.layouts.base import (
     DEFAULT_LEVELS,
     LayoutOption,
     PrunedWeight,
-    from_rows,
+    pruned_weight,
+    top_k_mask,
 )
 
 if TYPE_CHECKING:
@@ -61,15 +62,23 @@ class Channel:
             return [], "no level given"
         return options, None
 
+    @staticmethod
+    def label(option: LayoutOption) -> str:
+        return f"channel {option.level:.0%}"
+
+    @staticmethod
+    def granularity(option: LayoutOption) -> int:
+        return 1 << 30
+
     def solve(self, candidate: Candidate, solver: ObsSolver, option: LayoutOption) -> PrunedWeight:
-        """Keep the ``keep`` outputs with the largest output energy (``solver.solve_channel``)."""
-        solution = solver.solve_channel(option.param("keep"))
-        return PrunedWeight(
-            option,
-            from_rows(candidate, solution.mask),
-            from_rows(candidate, solution.weight),
-            float(solution.err),
-        )
+        """Keep the ``keep`` outputs with the largest output energy ``w_n H w_nᵀ``.
+
+        Rows of a layer are independent, so a removed output cannot be compensated inside the
+        layer (a structure compensates it in its consumer); kept rows stay as they are.
+        """
+        keep = option.param("keep")
+        solution = solver.keep_rows(lambda energy: channel_mask(energy, keep))
+        return pruned_weight(candidate, option, solution)
 
     def materialize(self, graph: gs.Graph, candidate: Candidate, pruned: PrunedWeight) -> None:
         """Rewrite the nodes to compute the kept channels and restore the full output shape."""
@@ -95,3 +104,35 @@ def kept_channels(candidate: Candidate, mask: np.ndarray) -> np.ndarray:
     if not np.all(rows[any_kept].all(axis=1)):
         raise ValueError("not a channel mask: some channel is only partly kept")
     return np.flatnonzero(any_kept).astype(np.int64)
+
+
+def channel_mask(scores: np.ndarray, keep_channels: int) -> np.ndarray:
+    """Keep the ``keep_channels`` output rows with the largest score.
+
+    Unlike the other pickers this takes one score per row, because the right score for removing a
+    whole output is its output energy ``w_n H w_nᵀ`` (which no in-layer update can compensate),
+    not a sum of per-weight saliencies.
+
+    Args:
+        scores: [N] score per output row.
+        keep_channels: rows kept, 0 <= keep_channels <= N.
+
+    Returns:
+        Bool [N] row keep vector (broadcast it over columns for a weight-shaped mask).
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 1:
+        raise ValueError(f"channel scores must be a 1-D [N] vector, got {scores.shape}")
+    if not 0 <= keep_channels <= scores.shape[0]:
+        raise ValueError(f"keep_channels must be in [0, {scores.shape[0]}], got {keep_channels}")
+    return top_k_mask(scores, keep_channels)
+
+
+def check_channel(mask: np.ndarray, keep_channels: int) -> bool:
+    """Whether ``mask`` [N, K] keeps exactly ``keep_channels`` whole rows and nothing else."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        return False
+    full = mask.all(axis=1)
+    empty = ~mask.any(axis=1)
+    return bool(np.all(full | empty) and full.sum() == keep_channels)

@@ -31,6 +31,14 @@ class Dense:
         """The single option :data:`~onnxprune.layouts.base.DENSE` (``levels`` is ignored)."""
         return [DENSE], None
 
+    @staticmethod
+    def label(option: LayoutOption) -> str:
+        return "dense"
+
+    @staticmethod
+    def granularity(option: LayoutOption) -> int:
+        return 1
+
     def solve(self, candidate: Candidate, solver: ObsSolver, option: LayoutOption) -> PrunedWeight:
         """The original weight, all kept, error 0 (the solver is not used)."""
         mask = np.ones(candidate.weight.shape, dtype=bool)

@@ -21,7 +21,6 @@ from onnxprune.graph.candidates import Candidate
 from onnxprune.graph.load import stamp_ir_version
 from onnxprune.layouts.base import DENSE, LayoutOption, to_rows
 from onnxprune.layouts.registry import get_layout
-from onnxprune.reconstruct import masks
 from onnxprune.reconstruct.obs import Solution
 
 logger = logging.getLogger("onnxprune")
@@ -155,35 +154,31 @@ def _base_model(candidate: Candidate) -> tuple[onnx.ModelProto, Candidate]:
 
 
 class RandomMaskSolver:
-    """Stand-in for :class:`~onnxprune.reconstruct.obs.ObsSolver` that picks masks of the right
-    family from random scores and applies them without any update (timing only; ``err`` is 0).
+    """Stand-in for :class:`~onnxprune.reconstruct.obs.ObsSolver` with the same seam: a layout's
+    mask picker gets random scores and the mask is applied without any update (timing only;
+    ``err`` is 0). It knows no layout: what it picks is whatever the layout's picker returns.
 
     Args:
         W: [N outputs, K reduction] weight in OBS orientation.
         rng: random generator for the scores.
     """
 
+    blocksize = 128
+
     def __init__(self, W: np.ndarray, rng: np.random.Generator) -> None:
         self._W = np.asarray(W, dtype=np.float32)
         self._rng = rng
+        self.rows, self.columns = self._W.shape
 
     def _apply(self, mask: np.ndarray) -> Solution:
         return Solution(mask, np.where(mask, self._W, 0.0).astype(np.float32), 0.0)
 
-    def _scores(self) -> np.ndarray:
-        return self._rng.random(self._W.shape)
+    def prune(self, pick_mask, window: int | None = None) -> Solution:
+        """The picker on random saliency over all of K at once (``window`` changes nothing)."""
+        return self._apply(np.asarray(pick_mask(self._rng.random(self._W.shape)), dtype=bool))
 
-    def solve_unstructured(self, sparsity: float) -> Solution:
-        return self._apply(masks.unstructured_mask(self._scores(), sparsity))
-
-    def solve_nm(self, n: int, m: int) -> Solution:
-        return self._apply(masks.nm_mask(self._scores(), n, m))
-
-    def solve_block(self, bk: int, bn: int, keep_blocks: int, col_unit: int = 1) -> Solution:
-        return self._apply(masks.block_mask(self._scores(), bk, bn, keep_blocks, col_unit))
-
-    def solve_channel(self, keep_channels: int) -> Solution:
-        rows = masks.channel_mask(self._rng.random(self._W.shape[0]), keep_channels)
+    def keep_rows(self, pick_rows) -> Solution:
+        rows = np.asarray(pick_rows(self._rng.random(self._W.shape[0])), dtype=bool)
         return self._apply(np.broadcast_to(rows[:, None], self._W.shape).copy())
 
     def solve_magnitude(self, mask: np.ndarray) -> Solution:

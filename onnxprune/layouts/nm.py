@@ -14,8 +14,17 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
+import numpy as np
+
 from onnxprune.graph import rewrite
-from onnxprune.layouts.base import DEFAULT_LEVELS, LayoutOption, PrunedWeight, from_rows
+from onnxprune.layouts.base import (
+    DEFAULT_LEVELS,
+    LayoutOption,
+    PrunedWeight,
+    as_matrix,
+    pruned_weight,
+    top_k_mask,
+)
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -64,16 +73,62 @@ class NM:
             return [], f"reduction dim K={k_dim} is not a multiple of any M in {ms}"
         return options, None
 
+    @staticmethod
+    def label(option: LayoutOption) -> str:
+        return f"nm {option.param('n')}:{option.param('m')} {option.level:.0%}"
+
+    @staticmethod
+    def granularity(option: LayoutOption) -> int:
+        return 1
+
     def solve(self, candidate: Candidate, solver: ObsSolver, option: LayoutOption) -> PrunedWeight:
-        """N:M mask picked group by group during the OBS sweep (``solver.solve_nm``)."""
-        solution = solver.solve_nm(option.param("n"), option.param("m"))
-        return PrunedWeight(
-            option,
-            from_rows(candidate, solution.mask),
-            from_rows(candidate, solution.weight),
-            float(solution.err),
-        )
+        """N:M mask picked group by group during the OBS sweep (window = m)."""
+        n, m = option.param("n"), option.param("m")
+        if m < 1 or not 1 <= n <= m or solver.columns % m:
+            raise ValueError(f"N:M {n}:{m} does not fit K={solver.columns} (need 1<=n<=m, m | K)")
+        return pruned_weight(candidate, option, solver.prune(lambda S: nm_mask(S, n, m),
+                                                             window=m))
 
     def materialize(self, graph: gs.Graph, candidate: Candidate, pruned: PrunedWeight) -> None:
         """Masked dense: the nodes read the pruned weight."""
         rewrite.replace_weight(graph, candidate, pruned.weight)
+
+
+def nm_mask(S: np.ndarray, n: int, m: int) -> np.ndarray:
+    """N:M mask: keep the ``n`` largest of every ``m`` consecutive weights along the reduction dim.
+
+    ``n`` counts KEPT weights: 2:4 keeps 2 of 4 (50 % sparse), 1:4 keeps 1 of 4 (75 % sparse). The
+    groups run along columns (the reduction dimension) because that is what sparse tensor cores
+    require.
+
+    Args:
+        S: [N, K'] saliency; ``K'`` must be a multiple of ``m``.
+        n: weights kept per group, 1 <= n <= m.
+        m: group length.
+
+    Returns:
+        Bool [N, K'] keep mask with exactly ``n`` True per group.
+
+    Raises:
+        ValueError: ``K'`` is not a multiple of ``m`` or ``n``/``m`` are out of range.
+    """
+    S = as_matrix(S)
+    if m < 1 or not 1 <= n <= m:
+        raise ValueError(f"N:M needs 1 <= n <= m, got n={n}, m={m}")
+    rows, cols = S.shape
+    if cols % m:
+        raise ValueError(f"N:M {n}:{m} needs the reduction dim ({cols}) to be a multiple of {m}")
+    groups = S.reshape(rows, cols // m, m)
+    return top_k_mask(groups, n).reshape(rows, cols)
+
+
+def check_nm(mask: np.ndarray, n: int, m: int) -> bool:
+    """Whether every group of ``m`` consecutive columns keeps at most ``n`` weights.
+
+    "At most" is the hardware contract (a group may hold more zeros than required).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2 or m < 1 or mask.shape[1] % m:
+        return False
+    kept = mask.reshape(mask.shape[0], -1, m).sum(axis=-1)
+    return bool(np.all(kept <= n))

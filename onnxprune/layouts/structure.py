@@ -78,6 +78,14 @@ class StructureLayout:
         return [LayoutOption(self.name, 1.0 - keep / width, (("keep", keep), ("width", width)))
                 for keep in structure_keeps(width, levels)], None
 
+    @staticmethod
+    def label(option: LayoutOption) -> str:
+        return f"structure {option.param('keep')}/{option.param('width')} channels"
+
+    @staticmethod
+    def granularity(option: LayoutOption) -> int:
+        return 1 << 30
+
     def solve(self, candidate: Candidate, solver: ObsSolver, option: LayoutOption) -> PrunedWeight:
         context = candidate.structure
         if context is None:

@@ -19,7 +19,14 @@ from onnx import numpy_helper
 from onnx_graphsurgeon.ir.tensor import SparseValues
 
 from onnxprune.graph import rewrite
-from onnxprune.layouts.base import DEFAULT_LEVELS, LayoutOption, PrunedWeight, from_rows
+from onnxprune.layouts.base import (
+    DEFAULT_LEVELS,
+    LayoutOption,
+    PrunedWeight,
+    as_matrix,
+    pruned_weight,
+    top_k_mask,
+)
 
 if TYPE_CHECKING:
     from onnxprune.graph.candidates import Candidate
@@ -51,15 +58,22 @@ class Unstructured:
             return [], "no level in (0, 1) given"
         return options, None
 
+    @staticmethod
+    def label(option: LayoutOption) -> str:
+        return f"unstructured {option.level:.0%}"
+
+    @staticmethod
+    def granularity(option: LayoutOption) -> int:
+        return 1
+
     def solve(self, candidate: Candidate, solver: ObsSolver, option: LayoutOption) -> PrunedWeight:
-        """SparseGPT mask (picked per lazy block) and update (``solver.solve_unstructured``)."""
-        solution = solver.solve_unstructured(option.level)
-        return PrunedWeight(
-            option,
-            from_rows(candidate, solution.mask),
-            from_rows(candidate, solution.weight),
-            float(solution.err),
-        )
+        """SparseGPT: the mask is picked per lazy block from the already-updated weights, so
+        later columns' choices account for the compensation they received."""
+        level = option.level
+        if not 0.0 <= level <= 1.0:
+            raise ValueError(f"sparsity must be in [0, 1], got {level}")
+        solution = solver.prune(lambda S: unstructured_mask(S, level), window=solver.blocksize)
+        return pruned_weight(candidate, option, solution)
 
     def materialize(self, graph: gs.Graph, candidate: Candidate, pruned: PrunedWeight) -> None:
         """Masked dense; with ``sparse_storage`` the weight becomes a sparse initializer."""
@@ -82,3 +96,26 @@ def sparse_tensor(weight: np.ndarray, name: str) -> onnx.SparseTensorProto:
     values = numpy_helper.from_array(flat[positions], name)
     indices = numpy_helper.from_array(positions, f"{name}_indices")
     return onnx.helper.make_sparse_tensor(values, indices, list(weight.shape))
+
+
+def unstructured_mask(S: np.ndarray, sparsity: float) -> np.ndarray:
+    """Keep the top ``1 - sparsity`` fraction of all entries of ``S``.
+
+    The solver applies this per lazy column block (SparseGPT's adaptive mask selection: each block's
+    mask is chosen from weights already updated by the earlier blocks), so ``S`` may be a column
+    window rather than the whole layer; the picker itself does not care. The number removed is
+    ``round(S.size · sparsity)``, exact, so per-window rounding stays below one weight per window.
+
+    Args:
+        S: [N, K'] saliency (K' = K or a column window of it).
+        sparsity: fraction of entries to remove, in [0, 1].
+
+    Returns:
+        Bool [N, K'] keep mask.
+    """
+    S = as_matrix(S)
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    n_prune = int(round(S.size * sparsity))
+    keep_flat = top_k_mask(S.reshape(-1), S.size - n_prune)
+    return keep_flat.reshape(S.shape)

@@ -15,8 +15,8 @@ made harmless, H is damped by ``percdamp·mean(diag H)``, ``Hinv`` is the upper 
 ``H⁻¹``, and the columns are swept in lazy blocks: each column's pruning error ``(w − q)/d`` is
 pushed into the later columns of its block, and one matmul pushes a whole block's errors into the
 columns after it. :class:`ObsSolver` factorizes once per layer and solves many candidates; layouts
-differ only in the mask picker (:mod:`onnxprune.reconstruct.masks`), so :func:`obs_prune` /
-:meth:`ObsSolver.prune` are the seam a new layout plugs into.
+differ only in the mask picker (each layout module owns its own), so :func:`obs_prune` /
+:meth:`ObsSolver.prune` are the seam a new layout plugs into; the solver knows no layout.
 
 Two deliberate deviations from the reference:
 
@@ -39,8 +39,6 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 from scipy.linalg import lapack
-
-from onnxprune.reconstruct.masks import block_mask, channel_mask, nm_mask, unstructured_mask
 
 logger = logging.getLogger("onnxprune")
 
@@ -266,43 +264,17 @@ class ObsSolver:
             raise ValueError(f"mask picker must return bool {shape}, got {keep.dtype} {keep.shape}")
         return keep
 
-    # ------------------------------------------------------------------ layouts
+    # ------------------------------------------------------------------ whole rows
 
-    def solve_unstructured(self, sparsity: float) -> Solution:
-        """Remove the fraction ``sparsity`` of weights, mask picked per lazy block (SparseGPT).
-
-        Picking per block from the already-updated weights lets later columns' choices account
-        for the compensation they received; every block is pruned to the same fraction.
-        """
-        if not 0.0 <= sparsity <= 1.0:
-            raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
-        return self.prune(lambda S: unstructured_mask(S, sparsity), window=self.blocksize)
-
-    def solve_nm(self, n: int, m: int) -> Solution:
-        """Keep ``n`` of every ``m`` consecutive weights along K, each group picked when reached.
-
-        Raises:
-            ValueError: K is not a multiple of ``m`` or ``n``/``m`` are out of range.
-        """
-        if m < 1 or not 1 <= n <= m or self.columns % m:
-            raise ValueError(f"N:M {n}:{m} does not fit K={self.columns} (need 1<=n<=m, m | K)")
-        return self.prune(lambda S: nm_mask(S, n, m), window=m)
-
-    def solve_block(self, bk: int, bn: int, keep_blocks: int, col_unit: int = 1) -> Solution:
-        """Balanced block layout (see :func:`~onnxprune.reconstruct.masks.block_mask`).
-
-        The balanced constraint spans all of K, so the mask is picked up front from the initial
-        saliency summed per block; the sweep then reconstructs the kept blocks.
-        """
-        return self.prune(lambda S: block_mask(S, bk, bn, keep_blocks, col_unit))
-
-    def solve_channel(self, keep_channels: int) -> Solution:
-        """Keep the ``keep_channels`` output rows with the largest output energy ``w_n H w_nᵀ``.
+    def keep_rows(self, pick_rows: Callable[[np.ndarray], np.ndarray]) -> Solution:
+        """Keep whole output rows picked from their output energy ``w_n H w_nᵀ`` [N].
 
         Rows of a layer are independent, so a removed output cannot be compensated inside the
-        layer; kept rows stay as they are and the error is the removed share of output energy.
+        layer: kept rows stay as they are and the error is the removed share of output energy.
         """
-        keep_rows = channel_mask(self._energy, keep_channels)
+        keep_rows = np.asarray(pick_rows(self._energy), dtype=bool)
+        if keep_rows.shape != (self.rows,):
+            raise ValueError(f"row picker must return bool [{self.rows}], got {keep_rows.shape}")
         mask = np.broadcast_to(keep_rows[:, None], self._W.shape).copy()
         weight = np.where(mask, self._W, 0.0).astype(np.float32)
         removed = float(self._energy[~keep_rows].sum())

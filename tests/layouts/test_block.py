@@ -8,8 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from onnxprune.layouts.base import DEFAULT_LEVELS, LayoutOption, PrunedWeight, to_rows
-from onnxprune.layouts.block import Block, pack_matmul
-from onnxprune.reconstruct.masks import check_block
+from onnxprune.layouts.block import Block, check_block, pack_matmul
 from tests.layouts.common import (
     SETTINGS,
     assert_same_outputs,

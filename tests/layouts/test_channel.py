@@ -8,8 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from onnxprune.layouts.base import DEFAULT_LEVELS, LayoutOption, to_rows
-from onnxprune.layouts.channel import Channel
-from onnxprune.reconstruct.masks import check_channel
+from onnxprune.layouts.channel import Channel, check_channel
 from tests.layouts.common import (
     SETTINGS,
     assert_same_outputs,

@@ -8,8 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from onnxprune.layouts.base import to_rows
-from onnxprune.layouts.nm import NM
-from onnxprune.reconstruct.masks import check_nm
+from onnxprune.layouts.nm import NM, check_nm
 from tests.layouts.common import (
     SETTINGS,
     assert_same_outputs,

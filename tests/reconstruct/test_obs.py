@@ -1,4 +1,4 @@
-"""Tests of onnxprune/reconstruct/obs.py and the mask pickers of onnxprune/reconstruct/masks.py.
+"""Tests of onnxprune/reconstruct/obs.py and of the layouts' mask pickers through its seam.
 
 Numpy only. Layers are small random ones with correlated inputs, where reconstruction matters.
 """
@@ -10,17 +10,32 @@ import itertools
 import numpy as np
 import pytest
 
-from onnxprune.reconstruct.masks import (
-    block_mask,
-    block_scores,
-    channel_mask,
-    check_block,
-    check_channel,
-    check_nm,
-    nm_mask,
-    unstructured_mask,
-)
+from onnxprune.layouts.block import block_mask, block_scores, check_block
+from onnxprune.layouts.channel import channel_mask, check_channel
+from onnxprune.layouts.nm import check_nm, nm_mask
+from onnxprune.layouts.unstructured import unstructured_mask
 from onnxprune.reconstruct.obs import ObsSolver, Solution, obs_prune
+
+
+def solve_unstructured(solver: ObsSolver, sparsity: float) -> Solution:
+    """What the unstructured layout asks of the solver: its picker, per lazy block."""
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    return solver.prune(lambda S: unstructured_mask(S, sparsity), window=solver.blocksize)
+
+
+def solve_nm(solver: ObsSolver, n: int, m: int) -> Solution:
+    if solver.columns % m:
+        raise ValueError(f"N:M {n}:{m} does not fit K={solver.columns}")
+    return solver.prune(lambda S: nm_mask(S, n, m), window=m)
+
+
+def solve_block(solver: ObsSolver, bk: int, bn: int, keep: int, col_unit: int = 1) -> Solution:
+    return solver.prune(lambda S: block_mask(S, bk, bn, keep, col_unit))
+
+
+def solve_channel(solver: ObsSolver, keep: int) -> Solution:
+    return solver.keep_rows(lambda energy: channel_mask(energy, keep))
 
 N, K, SAMPLES = 32, 64, 512
 
@@ -59,10 +74,10 @@ LAYOUTS = [
 
 def _solve(solver: ObsSolver, layout: str, params: tuple) -> Solution:
     if layout == "unstructured":
-        return solver.solve_unstructured(*params)
+        return solve_unstructured(solver, *params)
     if layout == "nm":
-        return solver.solve_nm(*params)
-    return solver.solve_block(*params)
+        return solve_nm(solver, *params)
+    return solve_block(solver, *params)
 
 
 def _pick(S: np.ndarray, layout: str, params: tuple) -> np.ndarray:
@@ -141,7 +156,7 @@ def test_brute_force_single_row(percdamp: float) -> None:
         magnitude = [w[p] ** 2 * H[p, p] / total for p in range(4)]
         optimum = [_ls_optimum(w, H, pruned) / total for pruned in choices]
 
-        sol = ObsSolver(W, H, percdamp=percdamp).solve_unstructured(0.25)
+        sol = solve_unstructured(ObsSolver(W, H, percdamp=percdamp), 0.25)
         chosen = int(np.flatnonzero(~sol.mask[0])[0])
         assert (~sol.mask).sum() == 1
         assert sol.err >= optimum[chosen] - 1e-9
@@ -207,11 +222,11 @@ def test_sweep_matches_sparsegpt_reference() -> None:
     solver = ObsSolver(W, H, blocksize=16)
     scale = float(np.abs(W).max())
 
-    sol = solver.solve_block(8, 4, 3)
+    sol = solve_block(solver, 8, 4, 3)
     ref, _ = _sparsegpt_reference(W, H, 16, 0.01, keep=sol.mask)
     np.testing.assert_allclose(sol.weight, ref, rtol=1e-5, atol=1e-6 * scale)
 
-    sol = solver.solve_nm(2, 4)
+    sol = solve_nm(solver, 2, 4)
     ref, ref_keep = _sparsegpt_reference(W, H, 16, 0.01, nm=(2, 4))
     np.testing.assert_array_equal(sol.mask, ref_keep)
     np.testing.assert_allclose(sol.weight, ref, rtol=1e-5, atol=1e-6 * scale)
@@ -219,29 +234,29 @@ def test_sweep_matches_sparsegpt_reference() -> None:
 
 def test_fixed_mask_result_does_not_depend_on_blocksize() -> None:
     W, _, H = _layer(4)
-    small = ObsSolver(W, H, blocksize=8).solve_block(16, 8, 2)
-    large = ObsSolver(W, H, blocksize=128).solve_block(16, 8, 2)
+    small = solve_block(ObsSolver(W, H, blocksize=8), 16, 8, 2)
+    large = solve_block(ObsSolver(W, H, blocksize=128), 16, 8, 2)
     np.testing.assert_array_equal(small.mask, large.mask)
     np.testing.assert_allclose(small.weight, large.weight, rtol=1e-5, atol=1e-6)
 
 
 def test_generic_seam_matches_methods(layer) -> None:
     W, _, H, solver = layer
-    by_method = solver.solve_block(8, 4, 3)
+    by_method = solve_block(solver, 8, 4, 3)
     by_seam = obs_prune(W, H, lambda S: block_mask(S, 8, 4, 3))
     np.testing.assert_array_equal(by_seam.mask, by_method.mask)
     np.testing.assert_array_equal(by_seam.weight, by_method.weight)
     adaptive = obs_prune(W, H, lambda S: nm_mask(S, 2, 4), window=4)
-    np.testing.assert_array_equal(adaptive.weight, solver.solve_nm(2, 4).weight)
+    np.testing.assert_array_equal(adaptive.weight, solve_nm(solver, 2, 4).weight)
 
 
 def test_level_zero_leaves_weight_unchanged(layer) -> None:
     W, _, H, solver = layer
     for sol in [
-        solver.solve_unstructured(0.0),
-        solver.solve_nm(4, 4),
-        solver.solve_block(8, 4, K // 8),
-        solver.solve_channel(N),
+        solve_unstructured(solver, 0.0),
+        solve_nm(solver, 4, 4),
+        solve_block(solver, 8, 4, K // 8),
+        solve_channel(solver, N),
         solver.solve_magnitude(np.ones(W.shape, dtype=bool)),
         obs_prune(W, H, lambda S: np.ones(S.shape, dtype=bool)),
     ]:
@@ -252,14 +267,14 @@ def test_level_zero_leaves_weight_unchanged(layer) -> None:
 
 def test_channel_keeps_highest_energy_rows(layer) -> None:
     W, X, H, solver = layer
-    sol = solver.solve_channel(20)
+    sol = solve_channel(solver, 20)
     assert check_channel(sol.mask, 20)
     assert np.all(sol.weight[~sol.mask.all(axis=1)] == 0.0)
     np.testing.assert_array_equal(sol.weight[sol.mask], W[sol.mask])  # no update of kept rows
     energy = np.sum((W.astype(np.float64) @ X.T) ** 2, axis=1)
     assert set(np.flatnonzero(sol.mask[:, 0])) == set(np.argsort(-energy)[:20])
     assert sol.err == pytest.approx(_direct_err(sol.weight, W, X), rel=1e-6)
-    assert solver.solve_channel(0).err == pytest.approx(1.0)
+    assert solve_channel(solver, 0).err == pytest.approx(1.0)
 
 
 def test_dead_inputs_give_no_nans() -> None:
@@ -274,26 +289,26 @@ def test_dead_inputs_give_no_nans() -> None:
         assert np.isfinite(sol.weight).all() and np.isfinite(sol.err)
         assert sol.err == pytest.approx(_direct_err(sol.weight, W, X), rel=1e-6)
     # Dead inputs are the first thing pruned, and the layer's output does not move for them.
-    sol = solver.solve_unstructured(0.5)
+    sol = solve_unstructured(solver, 0.5)
     assert not sol.mask[:, dead].any()
-    np.testing.assert_array_equal(solver.solve_unstructured(0.0).weight, W)
+    np.testing.assert_array_equal(solve_unstructured(solver, 0.0).weight, W)
 
     empty = ObsSolver(W, np.zeros((K, K)))  # no calibration data at all
-    sol = empty.solve_nm(2, 4)
+    sol = solve_nm(empty, 2, 4)
     assert np.isfinite(sol.weight).all() and sol.err == 0.0
 
 
 def test_identity_hessian_is_magnitude_pruning(layer) -> None:
     W = layer[0]
     solver = ObsSolver(W, np.eye(K), percdamp=0.0)
-    sol = solver.solve_unstructured(0.5)
+    sol = solve_unstructured(solver, 0.5)
     np.testing.assert_array_equal(sol.weight, np.where(sol.mask, W, 0.0))
     W64 = W.astype(np.float64)
     assert sol.err == pytest.approx(float(np.sum(W64[~sol.mask] ** 2) / np.sum(W64**2)))
 
 
 def test_solution_arrays_are_read_only(layer) -> None:
-    sol = layer[3].solve_nm(2, 4)
+    sol = solve_nm(layer[3], 2, 4)
     with pytest.raises(ValueError):
         sol.weight[0, 0] = 1.0
     with pytest.raises(ValueError):
@@ -303,13 +318,13 @@ def test_solution_arrays_are_read_only(layer) -> None:
 def test_invalid_layouts_raise(layer) -> None:
     W, _, H, solver = layer
     with pytest.raises(ValueError, match="N:M"):
-        solver.solve_nm(2, 5)  # 64 % 5 != 0
+        solve_nm(solver, 2, 5)  # 64 % 5 != 0
     with pytest.raises(ValueError, match="multiple of bn"):
-        solver.solve_block(8, 5, 2)
+        solve_block(solver, 8, 5, 2)
     with pytest.raises(ValueError, match="keep_blocks"):
-        solver.solve_block(8, 4, 9)
+        solve_block(solver, 8, 4, 9)
     with pytest.raises(ValueError, match="sparsity"):
-        solver.solve_unstructured(1.5)
+        solve_unstructured(solver, 1.5)
     with pytest.raises(ValueError, match="mask picker"):
         obs_prune(W, H, lambda S: np.ones((2, 2), dtype=bool))
     with pytest.raises(ValueError, match="H must be"):
@@ -407,10 +422,10 @@ def test_pickers_keep_exact_counts_on_ties() -> None:
 def test_every_layout_keeps_its_pattern_for_many_levels(layer) -> None:
     W, _, _, solver = layer
     for keep in range(0, K // 8 + 1):
-        sol = solver.solve_block(8, 8, keep)
+        sol = solve_block(solver, 8, 8, keep)
         assert check_block(sol.mask, 8, 8, keep) and np.all(sol.weight[~sol.mask] == 0)
     for n, m in itertools.product([1, 2, 3], [4]):
-        sol = solver.solve_nm(n, m)
+        sol = solve_nm(solver, n, m)
         assert check_nm(sol.mask, n, m) and np.all(sol.weight[~sol.mask] == 0)
 
 
@@ -420,6 +435,6 @@ def test_singular_hessian_without_damping_is_rescued(caplog) -> None:
     with caplog.at_level("WARNING", logger="onnxprune"):
         solver = ObsSolver(W, H, percdamp=0.0)
     assert solver.damp > 0.0
-    sol = solver.solve_nm(2, 4)
+    sol = solve_nm(solver, 2, 4)
     assert np.isfinite(sol.weight).all()
     assert sol.err == pytest.approx(_direct_err(sol.weight, W, X), rel=1e-6)

@@ -18,8 +18,8 @@ from onnxprune.calib import CalibSet
 from onnxprune.graph.candidates import Candidate
 from onnxprune.layouts.base import PrunedWeight
 from onnxprune.reconstruct.collect import collect_hessians
-from onnxprune.reconstruct.database import make_solver, solve_options
 from onnxprune.reconstruct.stitch import StitchedRunner
+from onnxprune.solve.database import make_solver, solve_options
 
 logger = logging.getLogger("onnxprune")
 
