@@ -34,7 +34,7 @@ from onnxprune.fidelity import Fidelity, FidelityBound, describe
 from onnxprune.graph.candidates import Candidate, GraphAnalysis, SkippedNode, ensure_node_names
 from onnxprune.graph.candidates import find_candidates as _find_candidates
 from onnxprune.graph.load import load_model, save_model_atomic, stamp_ir_version
-from onnxprune.graph.shapes import bind_input_shapes
+from onnxprune.graph.shapes import BoundInputs, bind_input_shapes
 from onnxprune.latency.measure import SpeedResult
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight, is_fast_on
 from onnxprune.layouts.registry import (
@@ -193,6 +193,48 @@ def _bound(config: PruneConfig, calib: CalibSet | None) -> FidelityBound | None:
     return FidelityBound(config.max_error, drop)
 
 
+@dataclass(frozen=True)
+class Analysed:
+    """Stage 1: the model at its deployment shapes, what can be pruned, and how.
+
+    Attributes:
+        model: the input model (unique node names, IR version stamped).
+        dense_payload: its serialized bytes (the A of every speed comparison).
+        bound_shapes: the deployment input shapes.
+        runtime: the EP and threads.
+        mode: "speedup", "sparsity" or "nm".
+        analysis: the candidates at those shapes (structures attached).
+        candidates: the candidates this run prunes (exclusions and option-less ones removed).
+        options: per candidate name, its options (dense first).
+    """
+
+    model: onnx.ModelProto
+    dense_payload: bytes
+    bound_shapes: BoundInputs
+    runtime: RuntimeConfig
+    mode: str
+    analysis: GraphAnalysis
+    candidates: tuple[Candidate, ...]
+    options: Mapping[str, Sequence[LayoutOption]]
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """Stage 2: the calibration data split three ways, the stitched model and timing inputs.
+
+    Everything is None without calibration data except ``feeds`` (synthetic inputs, plus real
+    calibration inputs at the deployment shapes when there are some).
+    """
+
+    calib: CalibSet | None
+    fit: CalibSet | None
+    search: CalibSet | None
+    verify: CalibSet | None
+    runner: StitchedRunner | None
+    feeds: Mapping[str, Mapping[str, np.ndarray]]
+    bound: FidelityBound | None
+
+
 def prune(
     input_path: str | Path,
     output_path: str | Path,
@@ -200,6 +242,11 @@ def prune(
     progress: Progress | None = None,
 ) -> Report:
     """Prune ``input_path`` and write ``output_path``; see :class:`PruneConfig` for the options.
+
+    The stages, each returning what the next needs: analyse the graph (candidates, structures,
+    options), calibrate (three-way split, stitched model), time (the allocation problem, speedup
+    mode only), solve (the per-layer database), then the uniform path or the two-sided contract
+    loop, and write.
 
     Returns:
         The report (also when ``config.dry_run``: then nothing is written).
@@ -215,12 +262,38 @@ def prune(
         raise UserError("the output path is the input path; choose another output file")
     if out_path.is_dir():
         raise UserError(f"the output path {out_path} is a directory")
-    # Stamped once with an IR version the installed ORT reads: every session below uses it.
-    model = stamp_ir_version(ensure_node_names(load_model(in_path)))
     if config.max_accuracy_drop is not None and config.calib_dir is None \
             and config.calib_reader is None:
         raise UserError("--max-accuracy-drop needs labelled calibration data (--calib)")
-    dense_payload = model.SerializeToString()
+    graph, report = _analyse(in_path, out_path, config)
+    data = _calibrate(graph, config, report)
+    problem = _time(graph, config, report, progress) if graph.mode == "speedup" else None
+    options = problem.options if problem is not None else graph.options
+    database = _solve(graph, data, options, report, progress)
+    realizer = Realizer(
+        config, graph.model, graph.dense_payload, graph.candidates, graph.runtime, data.feeds,
+        _configured_layouts(config), runner=data.runner, fit=data.fit,
+        verify_scorer=(fidelity_scorer(data.runner, data.verify)
+                       if data.runner is not None and data.verify is not None else None),
+        progress=progress,
+    )
+    if problem is None:
+        return _uniform(graph, data, database, realizer, report, config, out_path, started)
+    try:
+        return _speedup_mode(config, problem, list(graph.candidates), database, realizer,
+                             data.runner, data.search, data.bound, report, data.calib, out_path,
+                             started, progress)
+    except TargetUnreachableError as exc:
+        if exc.report is None:
+            exc.report = report
+        report.wall_s = time.monotonic() - started
+        raise
+
+
+def _analyse(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[Analysed, Report]:
+    """Load, bind shapes, find candidates and structures, and the options of each candidate."""
+    # Stamped once with an IR version the installed ORT reads: every session below uses it.
+    model = stamp_ir_version(ensure_node_names(load_model(in_path)))
     bound_shapes = bind_input_shapes(model, config.shapes)
     provider = resolve_provider(config.provider)
     runtime = RuntimeConfig(provider=provider, threads=config.threads)
@@ -235,12 +308,33 @@ def prune(
     candidates, skipped = _select(analysis, config.exclude)
     report.skipped = skipped
     producers: set[str] = set()
-    if "structure" in layouts:
+    if "structure" in layouts and candidates:
         analysis, candidates, producers, found = discover_and_attach(model, analysis, candidates)
         report.structures = [s.to_json() for s in found.structures]
         report.structures_blocked = [{"producer": b.producer, "reason": b.reason}
                                      for b in found.blocked]
-    calib = _load_calibration(config, model)
+    if not candidates:
+        raise _nothing_to_prune(analysis, mode)
+    options = _options_for(candidates, layouts, config, report.skipped, producers)
+    candidates = [c for c in candidates if c.name in options]
+    if not candidates:
+        raise _nothing_to_prune(analysis, mode, "no prunable node admits the requested layout")
+    slow = [c for c in candidates
+            if not any(is_fast_on(get_layout(o.layout), provider) for o in options[c.name][1:])]
+    if slow and mode != "speedup":
+        report.notes.append(
+            f"{layouts[0]} gives no speedup on {provider} (ONNX Runtime does not skip zeros): "
+            "expect compression or a TensorRT speedup only"
+        )
+    graph = Analysed(model, model.SerializeToString(), bound_shapes, runtime, mode, analysis,
+                     tuple(candidates), options)
+    return graph, report
+
+
+def _calibrate(graph: Analysed, config: PruneConfig, report: Report) -> Calibrated:
+    """Read the calibration data, split it (fit / search / verify), open the stitched model."""
+    calib = _load_calibration(config, graph.model)
+    feeds = {"synthetic": synthetic_feed(graph.bound_shapes.as_tuples(), seed=config.seed)}
     if calib is None:
         report.fidelity_note = ("not measured: no calibration data, so onnxprune cannot tell "
                                 "whether the pruned model still does its job; pass --calib DIR")
@@ -250,68 +344,60 @@ def prune(
         )
         logger.warning("no calibration data (--calib): using the data-free magnitude proxy; "
                        "fidelity is not measured")
-    elif config.max_accuracy_drop is not None and not calib.has_labels:
+        return Calibrated(None, None, None, None, None, feeds, None)
+    if config.max_accuracy_drop is not None and not calib.has_labels:
         raise UserError("--max-accuracy-drop needs labels in the calibration data "
                         "(__labels__ in the .npz files)")
-    if not candidates:
-        raise _nothing_to_prune(analysis, mode)
-    options = _options_for(candidates, layouts, config, report.skipped, producers)
-    candidates = [c for c in candidates if c.name in options]
-    if not candidates:
-        raise _nothing_to_prune(analysis, mode, "no prunable node admits the requested layout")
-
-    slow = [c for c in candidates
-            if not any(is_fast_on(get_layout(o.layout), provider) for o in options[c.name][1:])]
-    if slow and mode != "speedup":
-        report.notes.append(
-            f"{layouts[0]} gives no speedup on {provider} (ONNX Runtime does not skip zeros): "
-            "expect compression or a TensorRT speedup only"
-        )
-
-    feeds = {"synthetic": synthetic_feed(bound_shapes.as_tuples(), seed=config.seed)}
-    runner = fit = search = verify = None
+    fit, search, verify = calib.partition()
+    runner = StitchedRunner(graph.model, graph.candidates,
+                            expose=[s.activation for c in graph.candidates for s in c.sites])
+    report.calibration = {
+        "source": calib.source, "samples": calib.samples, "batches": len(calib.batches),
+        "labels": calib.has_labels, "fit_samples": fit.samples,
+        "search_samples": search.samples, "verify_samples": verify.samples,
+    }
+    if not verify.samples < calib.samples:
+        report.fidelity_note = (f"measured on the same {calib.samples} sample(s) the "
+                                "statistics came from (too few to hold any out)")
+    real = calib.feed_at(graph.bound_shapes.shapes())
+    if real is not None:
+        feeds["calibration"] = real
     bound = _bound(config, calib)
     report.bound = bound
-    if calib is not None:
-        fit, search, verify = calib.partition()
-        runner = StitchedRunner(model, candidates,
-                                expose=[s.activation for c in candidates for s in c.sites])
-        disjoint = verify.samples < calib.samples
-        report.calibration = {
-            "source": calib.source, "samples": calib.samples, "batches": len(calib.batches),
-            "labels": calib.has_labels, "fit_samples": fit.samples,
-            "search_samples": search.samples, "verify_samples": verify.samples,
-        }
-        if not disjoint:
-            report.fidelity_note = (f"measured on the same {calib.samples} sample(s) the "
-                                    "statistics came from (too few to hold any out)")
-        real = calib.feed_at(bound_shapes.shapes())
-        if real is not None:
-            feeds["calibration"] = real
+    return Calibrated(calib, fit, search, verify, runner, feeds, bound)
 
-    problem: AllocationProblem | None = None
-    if mode == "speedup":
-        problem = build_problem(model, analysis, candidates, options, runtime, config,
-                                progress=progress)
-        report.amdahl_bound = problem.amdahl_bound
-        report.fingerprint = problem.fingerprint
-        options = problem.options
-        reach = problem.amdahl_bound * (1 + problem.bound_spread)
-        if config.speedup > reach and not config.best_effort:
-            raise TargetUnreachableError(format_unreachable(problem, config.speedup))
-        if config.speedup > problem.amdahl_bound:
-            report.notes.append(
-                f"the {config.speedup:g}x target lies within the measurement spread of the "
-                f"Amdahl bound ({problem.amdahl_bound:.2f}x ± "
-                f"{problem.amdahl_bound * problem.bound_spread:.2f}): the fastest allocation is "
-                "tried and the measured speed decides"
-            )
 
-    hessians = None
-    if fit is not None and runner is not None:
-        total = len(fit.batches)
+def _time(graph: Analysed, config: PruneConfig, report: Report,
+          progress: Progress | None) -> AllocationProblem:
+    """The latency table and the allocation problem; refuse a target beyond the bound."""
+    problem = build_problem(graph.model, graph.analysis, graph.candidates, graph.options,
+                            graph.runtime, config, progress=progress)
+    report.amdahl_bound = problem.amdahl_bound
+    report.fingerprint = problem.fingerprint
+    assert config.speedup is not None
+    reach = problem.amdahl_bound * (1 + problem.bound_spread)
+    if config.speedup > reach and not config.best_effort:
+        raise TargetUnreachableError(format_unreachable(problem, config.speedup), report)
+    if config.speedup > problem.amdahl_bound:
+        report.notes.append(
+            f"the {config.speedup:g}x target lies within the measurement spread of the "
+            f"Amdahl bound ({problem.amdahl_bound:.2f}x ± "
+            f"{problem.amdahl_bound * problem.bound_spread:.2f}): the fastest allocation is "
+            "tried and the measured speed decides"
+        )
+    return problem
+
+
+def _solve(graph: Analysed, data: Calibrated, options: Mapping[str, Sequence[LayoutOption]],
+           report: Report, progress: Progress | None) -> dict[str, list[PrunedWeight]]:
+    """Layer statistics on the fit data (and held-out ones on the search data), then every
+    option of every candidate solved once."""
+    candidates = graph.candidates
+    hessians = heldout = None
+    if data.fit is not None and data.runner is not None:
+        total = len(data.fit.batches)
         accumulators = collect_hessians(
-            runner, candidates, fit,
+            data.runner, candidates, data.fit,
             progress=lambda d, t: _emit(progress, "collecting statistics", d, t),
         )
         hessians = {name: acc.H for name, acc in accumulators.items()}
@@ -324,52 +410,40 @@ def prune(
                     "deployment inputs vary more, calibrate with more varied data"
                 )
         _emit(progress, "collecting statistics", total, total)
+        if data.search is not None and data.calib is not None and \
+                data.search.samples < data.calib.samples:
+            heldout = {name: acc.H for name, acc in
+                       collect_hessians(data.runner, candidates, data.search).items()}
     solved: dict[str, int] = {"n": 0}
 
     def on_solved(_name: str) -> None:
         solved["n"] += 1
         _emit(progress, "solving layer options", solved["n"], len(candidates))
 
-    heldout = None
-    if hessians is not None and search is not None and runner is not None and \
-            search.samples < calib.samples:
-        heldout = {name: acc.H for name, acc in collect_hessians(runner, candidates,
-                                                                   search).items()}
-    database = build_database(candidates, options, hessians, progress=on_solved,
-                              heldout=heldout)
-    realizer = Realizer(
-        config, model, dense_payload, candidates, runtime, feeds, _configured_layouts(config),
-        runner=runner, fit=fit,
-        verify_scorer=fidelity_scorer(runner, verify) if runner and verify else None,
-        progress=progress,
-    )
+    return build_database(candidates, options, hessians, progress=on_solved, heldout=heldout)
 
-    if mode != "speedup":
-        chosen = {c.name: database[c.name][-1] for c in candidates}
-        if config.dry_run:
-            return _dry(report, candidates, chosen, None, started)
-        attempt = realizer.realize(chosen)
-        if attempt.fidelity is not None and bound is not None and not bound.holds(attempt.fidelity):
-            report.within_bound = False
-            if not config.best_effort:
-                _fill_layers(report, candidates, attempt.chosen, None)
-                raise TargetUnreachableError(
-                    f"the pruned model breaks the fidelity bound on held-out calibration "
-                    f"samples: {'; '.join(bound.violations(attempt.fidelity))} "
-                    f"({describe(attempt.fidelity)}); nothing written. Prune less, loosen "
-                    "--max-error, or pass --best-effort to write it anyway"
-                )
-        return _finish(realizer.measure(attempt), report, realizer, calib, out_path, started)
 
-    assert problem is not None
-    try:
-        return _speedup_mode(config, problem, candidates, database, realizer, runner, search,
-                             bound, report, calib, out_path, started, progress)
-    except TargetUnreachableError as exc:
-        if exc.report is None:
-            exc.report = report
-        report.wall_s = time.monotonic() - started
-        raise
+def _uniform(graph: Analysed, data: Calibrated, database: Mapping[str, Sequence[PrunedWeight]],
+             realizer: Realizer, report: Report, config: PruneConfig, out_path: Path,
+             started: float) -> Report:
+    """--sparsity / --nm: every candidate at its one option; the fidelity bound still holds."""
+    candidates = graph.candidates
+    chosen = {c.name: database[c.name][-1] for c in candidates}
+    if config.dry_run:
+        return _dry(report, candidates, chosen, None, started)
+    attempt = realizer.realize(chosen)
+    bound = data.bound
+    if attempt.fidelity is not None and bound is not None and not bound.holds(attempt.fidelity):
+        report.within_bound = False
+        if not config.best_effort:
+            _fill_layers(report, candidates, attempt.chosen, None)
+            raise TargetUnreachableError(
+                f"the pruned model breaks the fidelity bound on held-out calibration "
+                f"samples: {'; '.join(bound.violations(attempt.fidelity))} "
+                f"({describe(attempt.fidelity)}); nothing written. Prune less, loosen "
+                "--max-error, or pass --best-effort to write it anyway", report
+            )
+    return _finish(realizer.measure(attempt), report, realizer, data.calib, out_path, started)
 
 
 def _speedup_mode(config: PruneConfig, problem: AllocationProblem,
