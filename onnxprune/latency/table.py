@@ -894,6 +894,10 @@ def _base_and_scale(
             len(unmapped),
             ", ".join(e.name for e in unmapped[:5]),
         )
+    if profiled <= 0 < isolated:
+        # Kernels too short to survive the profiler's inflation correction (microsecond nodes):
+        # nothing was attributed, so isolation alone says what the candidates cost.
+        profiled = isolated
     prunable = profiled + scale * sum(e.dense_s for e in unmapped)
     base = profile.total_s - prunable
     if base < 0:
