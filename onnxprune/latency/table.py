@@ -890,11 +890,16 @@ def _structures_in_graph(
     map the structure's nodes, the isolated saving stays.
     """
     by_name = {c.name: c for c in analysis.candidates}
+    # As for the base time: profiled runs slower than the unprofiled total (a disturbed
+    # profile) keep their shares, not their seconds.
+    slowdown = (min(1.0, profile.total_s / profile.kernel_sum_s)
+                if profile.kernel_sum_s > 0 else 1.0)
     fixed = []
     for entry in entries:
         cand = by_name.get(entry.name)
         context = cand.structure if cand is not None else None
-        in_graph = profile.nodes_time(context.structure.nodes) if context is not None else 0.0
+        in_graph = (slowdown * profile.nodes_time(context.structure.nodes)
+                    if context is not None else 0.0)
         if context is None or in_graph <= 0 or scale <= 0:
             fixed.append(entry)
             continue
