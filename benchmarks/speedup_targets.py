@@ -11,7 +11,7 @@ calibration data (``models/build_benchmarks.py --score``). Writes Markdown (``--
 
 Usage:
     .venv/bin/python benchmarks/speedup_targets.py [--models NAME,...] [--targets 1.5,2,3]
-        [--repeats 3] [--threads 2] [--out docs/speedup-targets.md]
+        [--repeats 3] [--threads 2] [--out docs/contract.md]
 Generated models come from ``benchmarks/generated_models.py``, MiniLM from
 ``models/build_benchmarks.py`` (``make bench-models``); missing ones are listed and skipped.
 """

@@ -47,19 +47,10 @@ EfficientNet-Lite0 projection conv (480 -> 420 channels) the held-out error was 
 _PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-MAX_LEVEL = 0.875
-"""At most this fraction of a structure's channels is offered for removal. Narrower structures
-never stayed within a fidelity bound on the benchmark models, and they made the Amdahl bound a
-ratio over an almost-empty remainder: a few % of measurement noise in the savings moved it 2x
-between runs."""
-
-
 def structure_keeps(width: int, levels: Iterable[float]) -> list[int]:
-    """Distinct kept-channel counts for ``levels`` (fractions removed, capped at
-    :data:`MAX_LEVEL`), in [1, width − 1]."""
+    """Distinct kept-channel counts for ``levels`` (fractions removed), in [1, width − 1]."""
     keeps = []
     for level in levels:
-        level = min(level, MAX_LEVEL)
         keep = round((1.0 - level) * width)
         if width >= 8 * ROUND_TO:
             keep = max(ROUND_TO, int(round(keep / ROUND_TO)) * ROUND_TO)
