@@ -56,7 +56,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--search-budget", default="10")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "contract.md")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="only write the Markdown again from a JSON this script wrote")
     args = parser.parse_args()
+    if args.render is not None:
+        rows = json.loads(args.render.read_text())
+        for row in rows:
+            if "message" in row:
+                row["message"] = error_message(row["message"])
+        write_table(rows, args)
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
@@ -83,7 +92,7 @@ def main() -> None:
                     if mode == "run":
                         row.update(entry)
                         if result.returncode != 0:
-                            row["message"] = " ".join(result.stderr.split())[-600:]
+                            row["message"] = error_message(result.stderr)
                     if out.exists() and report.exists():
                         entry.update(_measure(name, path, out, report, shape_args, args))
                     row[mode] = entry
@@ -135,6 +144,13 @@ def _cell(entry: dict | None) -> str:
     metric = f"; {entry['metric']}" if entry.get("metric") else ""
     return (f"{entry['in_run']:.2f}x [{entry['in_run_min']:.2f}–{entry['in_run_max']:.2f}] "
             f"/ bench {bench} / error {fid}{metric}")
+
+
+def error_message(stderr: str) -> str:
+    """The run's own error line (log lines before it are progress, not the reason)."""
+    start = stderr.rfind("onnxprune: error:")
+    text = stderr[start:] if start >= 0 else stderr[-600:]
+    return " ".join(text.split())
 
 
 def write_table(rows: list[dict], args: argparse.Namespace) -> None:
