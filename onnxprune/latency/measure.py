@@ -222,6 +222,26 @@ def time_model(
     )
 
 
+def _warm_up(runs: int, *runners: _Runner) -> None:
+    """Untimed runs of each model, in turn (arenas, lazy kernel setup)."""
+    for _ in range(max(runs, 0)):
+        for runner in runners:
+            runner()
+
+
+def _timed_pair(first: _Runner, second: _Runner, index: int) -> tuple[float, float]:
+    """One interleaved pair of runs, ``(time of first, time of second)``.
+
+    Even pairs run ``first`` first and odd pairs ``second`` first, so a drift or a burst of load
+    from elsewhere falls on both models alike and neither always runs on a warmer cache.
+    """
+    if index % 2 == 0:
+        t_first = first.timed()
+        return t_first, second.timed()
+    t_second = second.timed()
+    return first.timed(), t_second
+
+
 def bench_pair(
     model_a: onnx.ModelProto | bytes,
     model_b: onnx.ModelProto | bytes,
@@ -254,20 +274,13 @@ def bench_pair(
     """
     runner_a = _Runner(model_a, feed, runtime)
     runner_b = _Runner(model_b, feed, runtime)
-    for _ in range(max(warmup, 0)):
-        runner_a()
-        runner_b()
+    _warm_up(warmup, runner_a, runner_b)
     times_a: list[float] = []
     times_b: list[float] = []
     deadline = time.perf_counter() + max_seconds
     min_pairs = max(1, min(min_pairs, pairs))
     for i in range(max(pairs, 1)):
-        if i % 2 == 0:
-            t_a = runner_a.timed()
-            t_b = runner_b.timed()
-        else:
-            t_b = runner_b.timed()
-            t_a = runner_a.timed()
+        t_a, t_b = _timed_pair(runner_a, runner_b, i)
         times_a.append(t_a)
         times_b.append(t_b)
         if i + 1 >= min_pairs and time.perf_counter() >= deadline:
@@ -335,20 +348,15 @@ def time_ratio(
     """
     ref = _Runner(reference, feed, runtime)
     run = _Runner(model, feed, runtime)
-    for _ in range(max(warmup, 0)):
-        ref()
-        run()
+    _warm_up(warmup, ref, run)
     times_ref: list[float] = []
     times: list[float] = []
     deadline = time.perf_counter() + max_seconds
     summary = Timing(0.0, 0.0, 0)
     for i in range(max(max_pairs, 1)):
-        if i % 2 == 0:
-            times_ref.append(ref.timed())
-            times.append(run.timed())
-        else:
-            times.append(run.timed())
-            times_ref.append(ref.timed())
+        t_ref, t_model = _timed_pair(ref, run, i)
+        times_ref.append(t_ref)
+        times.append(t_model)
         if i + 1 < min_pairs:
             continue
         ratios = np.asarray(times) / np.maximum(np.asarray(times_ref), 1e-12)
