@@ -174,7 +174,8 @@ def run_profile(model_path: str, *, shapes, provider, threads, json_path, layout
         "predicted_dense_s": table.base_s + table.isolated_dense_s, "gap_s": table.gap_s,
         "scale": table.scale, "amdahl_bound": problem.amdahl_bound,
         "amdahl_bound_spread": problem.bound_spread,
-        "unattributed_s": max(table.dense_total_s - sum(table.profile.node_times.values()), 0.0)
+        "unattributed_s": max(table.dense_total_s - table.profile.to_total(table.overhead_s)
+                              * sum(table.profile.node_times.values()), 0.0)
         if table.profile else None,
         "structures": [s.to_json() for s in found.structures] if found else [],
         "structures_blocked": [{"producer": b.producer, "reason": b.reason}

@@ -739,9 +739,9 @@ def build_latency_table(
         entries.append(CandidateLatency(candidate.name, candidate.node_names, profiled, rows,
                                         tuple(spreads)))
 
-    base, scale = _base_and_scale(profile, entries)
+    base, scale = _base_and_scale(profile, entries, overhead.median_s)
     entries = _structures_in_graph(entries, analysis, per_candidate, ratios, savings, profile,
-                                   scale)
+                                   scale, overhead.median_s)
     table = LatencyTable(
         candidates=tuple(entries),
         base_s=base,
@@ -876,7 +876,7 @@ def _structures_in_graph(
     entries: list[CandidateLatency], analysis: GraphAnalysis,
     per_candidate: Mapping[str, list[tuple[LayoutOption, list[str]]]],
     ratios: Mapping[str, RatioTiming], savings: Mapping[str, float], profile: ModelProfile,
-    scale: float,
+    scale: float, overhead_s: float = 0.0,
 ) -> list[CandidateLatency]:
     """Express each structure option's saving in in-graph time, consistent with the total.
 
@@ -890,10 +890,8 @@ def _structures_in_graph(
     map the structure's nodes, the isolated saving stays.
     """
     by_name = {c.name: c for c in analysis.candidates}
-    # As for the base time: profiled runs slower than the unprofiled total (a disturbed
-    # profile) keep their shares, not their seconds.
-    slowdown = (min(1.0, profile.total_s / profile.kernel_sum_s)
-                if profile.kernel_sum_s > 0 else 1.0)
+    # As for the base time: the profile's shares of the total, not its seconds.
+    slowdown = profile.to_total(overhead_s)
     fixed = []
     for entry in entries:
         cand = by_name.get(entry.name)
@@ -917,7 +915,7 @@ def _structures_in_graph(
 
 
 def _base_and_scale(
-    profile: ModelProfile, entries: Sequence[CandidateLatency]
+    profile: ModelProfile, entries: Sequence[CandidateLatency], overhead_s: float = 0.0
 ) -> tuple[float, float]:
     """Fixed time and the isolated→in-graph correction (see the module docstring).
 
@@ -926,10 +924,9 @@ def _base_and_scale(
     """
     mapped = [e for e in entries if e.profiled_s is not None]
     unmapped = [e for e in entries if e.profiled_s is None]
-    # Profiled runs slower than the model runs unprofiled (a disturbed profile: its kernels sum
-    # to more than the whole run) would inflate the prunable part; their shares still hold.
-    slowdown = (min(1.0, profile.total_s / profile.kernel_sum_s)
-                if profile.kernel_sum_s > 0 else 1.0)
+    # The profile's shares of the total (see ModelProfile.to_total): a profile or a total from
+    # a disturbed session would otherwise move time between the prunable and the fixed part.
+    slowdown = profile.to_total(overhead_s)
     profiled = slowdown * sum(e.profiled_s for e in mapped)  # type: ignore[misc]
     isolated = sum(e.dense_s for e in mapped)
     scale = profiled / isolated if profiled > 0 and isolated > 0 else 1.0

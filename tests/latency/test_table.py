@@ -18,6 +18,7 @@ from onnxprune.latency.table import (
     REFINE_SESSIONS,
     CandidateLatency,
     LatencyTable,
+    _base_and_scale,
     build_latency_table,
     fingerprint,
     runtime_environment,
@@ -53,6 +54,26 @@ def test_predicted_total_is_base_plus_corrected_option_times():
     assert table.predicted_total({"a": CHANNEL, "b": BLOCK}) == pytest.approx(2.0 + 0.5 * 4.0)
     assert table.option_time("a", CHANNEL) == pytest.approx(0.5)
     assert table.predicted_speedup({}) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("total_ms", "overhead_ms", "base_ms"),
+    [
+        (8.0, 0.0, 2.0),  # kernels sum to the total: the base kernel is the fixed part
+        (12.0, 0.0, 3.0),  # total from a slow phase: before, all 4 ms extra counted as fixed
+        (6.0, 0.0, 1.5),  # a disturbed (slower) profile
+        (9.0, 1.0, 3.0),  # the session overhead is fixed; the rest is shared out
+    ],
+)
+def test_the_fixed_part_keeps_its_share_whatever_phase_each_session_ran_in(
+        total_ms, overhead_ms, base_ms):
+    """Profile and total come from different sessions; only the profile's shares are trusted."""
+    profile = ModelProfile(total_s=total_ms * 1e-3, kernel_sum_s=8e-3,
+                           node_times={"a": 6e-3, "b": 2e-3}, kernels=(), runs=10)
+    entry = CandidateLatency("a", ("a",), 6e-3, ((DENSE, 3e-3),))
+    base, scale = _base_and_scale(profile, [entry], overhead_ms * 1e-3)
+    assert base == pytest.approx(base_ms * 1e-3)
+    assert scale == pytest.approx((total_ms - base_ms) / 3.0)
 
 
 def test_unknown_candidates_and_options_are_refused():
