@@ -4,7 +4,10 @@ Built once per (model, deployment shapes, EP, threads) by :func:`build_latency_t
 
 1. The whole model is profiled (:func:`onnxprune.latency.profile.profile_model`): its measured
    dense time ``T_dense`` (no profiler) and the profiled time of every candidate node.
-   ``base = T_dense − Σ profiled candidate time`` is the part pruning cannot change.
+   ``base = T_dense − Σ profiled candidate time`` is the part pruning cannot change, where the
+   profiled times are the kernels' shares of ``T_dense`` less the run overhead
+   (:meth:`~onnxprune.latency.profile.ModelProfile.to_total`: profile and total come from
+   different sessions, which can run in different phases of a shared machine).
 2. Every candidate × option is timed in isolation: the node alone at its real input shape,
    materialized with that option (``layouts.isolate``), on the EP with the user's threads. A
    candidate whose weight is shared by several nodes runs each of them, so its time is the sum
