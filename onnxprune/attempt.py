@@ -19,13 +19,12 @@ from onnxprune.calib import CalibSet
 from onnxprune.config import PruneConfig
 from onnxprune.fidelity import Fidelity, Scorer
 from onnxprune.graph.candidates import Candidate
-from onnxprune.latency.measure import SpeedResult
+from onnxprune.latency.measure import SpeedResult, bench_sessions
 from onnxprune.layouts.base import Layout, PrunedWeight
 from onnxprune.materialize import materialize
 from onnxprune.reconstruct.stitch import StitchedRunner
 from onnxprune.runtime import RuntimeConfig
 from onnxprune.solve.sequential import sequential_resolve
-from onnxprune.verify import measure_speedup
 
 logger = logging.getLogger("onnxprune")
 
@@ -90,7 +89,7 @@ class Realizer:
         """Time ``attempt`` against the dense model in fresh session pairs."""
         if self.progress:
             self.progress("measuring speedup", 0, self.config.verify_sessions)
-        measured = measure_speedup(
+        measured = bench_sessions(
             self.dense_payload, attempt.pruned, self.timing_feeds, self.runtime,
             sessions=self.config.verify_sessions, seconds=self.config.verify_seconds,
         )

@@ -1,10 +1,10 @@
-"""Checking the output model: exact against the masked-dense model, and measurably faster.
+"""Checking the output model: exact against the masked-dense model.
 
-Two independent checks before anything is written. Exactness: the materialized model's outputs
-must equal the stitched model fed the same pruned weights (masked-dense computation), on real
-calibration inputs when there are some and synthetic ones otherwise. Speed: the pruned model is
-timed against the input model in several fresh pairs of sessions, each with interleaved runs and
-the median of the pair ratios — the same measurement ``onnxprune bench`` makes.
+Before anything is written, the materialized model's outputs must equal the stitched model fed
+the same pruned weights (masked-dense computation), on real calibration inputs when there are
+some and synthetic ones otherwise. Its speed is checked separately, by
+:func:`onnxprune.latency.measure.bench_sessions` (the same measurement ``onnxprune bench`` makes),
+from :meth:`onnxprune.attempt.Realizer.measure`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from onnxprune.latency.measure import SpeedResult, bench_sessions
 from onnxprune.reconstruct.stitch import StitchedRunner
-from onnxprune.runtime import RuntimeConfig, make_session
+from onnxprune.runtime import make_session
 
 logger = logging.getLogger("onnxprune")
 
@@ -58,20 +57,3 @@ def check_exact(
             "this is a bug in onnxprune, please report it"
         )
     return worst
-
-
-def measure_speedup(
-    dense: onnx.ModelProto | bytes,
-    pruned: onnx.ModelProto | bytes,
-    feeds: Mapping[str, Mapping[str, np.ndarray]],
-    runtime: RuntimeConfig,
-    *,
-    sessions: int = 5,
-    seconds: float = 6.0,
-) -> SpeedResult:
-    """Speedup of ``pruned`` over ``dense`` in ``sessions`` fresh session pairs.
-
-    Each session pair is an interleaved A/B comparison (median of pair ratios); ``feeds`` are
-    named input sets (synthetic, and real calibration inputs when there are some) taken in turn.
-    """
-    return bench_sessions(dense, pruned, feeds, runtime, sessions=sessions, seconds=seconds)

@@ -22,6 +22,7 @@ from onnxprune.config import PruneConfig
 from onnxprune.graph.candidates import Candidate, GraphAnalysis
 from onnxprune.latency.table import LatencyTable, build_latency_table
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight
+from onnxprune.layouts.registry import LAYOUTS
 from onnxprune.runtime import RuntimeConfig
 
 logger = logging.getLogger("onnxprune")
@@ -29,8 +30,6 @@ logger = logging.getLogger("onnxprune")
 
 def granularity(option: LayoutOption) -> int:
     """Entries that are kept or removed together, in the option's layout's own terms."""
-    from onnxprune.layouts.registry import LAYOUTS
-
     layout = LAYOUTS.get(option.layout)
     return layout.granularity(option) if layout is not None else 1
 
@@ -124,7 +123,7 @@ class AllocationProblem:
         by_name = {c.name: c for c in self.candidates}
 
         def saving(name: str) -> float:
-            """Seconds the structure decided at ``name`` saves, and the share its producer had."""
+            """Seconds the structure decided at ``name`` saves (0 when it is not a structure)."""
             option = options.get(name)
             if option is None or option.layout != "structure":
                 return 0.0

@@ -742,9 +742,10 @@ def build_latency_table(
         entries.append(CandidateLatency(candidate.name, candidate.node_names, profiled, rows,
                                         tuple(spreads)))
 
-    base, scale = _base_and_scale(profile, entries, overhead.median_s)
+    to_total = profile.to_total(overhead.median_s)
+    base, scale = _base_and_scale(profile, entries, to_total)
     entries = _structures_in_graph(entries, analysis, per_candidate, ratios, savings, profile,
-                                   scale, overhead.median_s)
+                                   scale, to_total)
     table = LatencyTable(
         candidates=tuple(entries),
         base_s=base,
@@ -879,7 +880,7 @@ def _structures_in_graph(
     entries: list[CandidateLatency], analysis: GraphAnalysis,
     per_candidate: Mapping[str, list[tuple[LayoutOption, list[str]]]],
     ratios: Mapping[str, RatioTiming], savings: Mapping[str, float], profile: ModelProfile,
-    scale: float, overhead_s: float = 0.0,
+    scale: float, to_total: float,
 ) -> list[CandidateLatency]:
     """Express each structure option's saving in in-graph time, consistent with the total.
 
@@ -887,19 +888,18 @@ def _structures_in_graph(
     against the dense subgraph (robust) and ``t_sub`` the dense subgraph's isolated time (not:
     it moves with the session, and a structure at its narrowest saves almost all of it, so the
     Amdahl bound — the whole time over what little is left — moved 2x between runs). The
-    profile measured the same nodes inside the whole model, in the same sessions as the total,
-    so the saving used is ``(1 − r)·Σ profiled time of the structure's nodes`` (divided by the
-    table's correction factor, since option times are scaled by it). Where the profiler did not
-    map the structure's nodes, the isolated saving stays.
+    profile measured the same nodes inside the whole model, and its shares are scaled to the
+    total (``to_total``, as for the base time), so the saving used is
+    ``(1 − r)·to_total·Σ profiled time of the structure's nodes`` (divided by the table's
+    correction factor, since option times are scaled by it). Where the profiler did not map the
+    structure's nodes, the isolated saving stays.
     """
     by_name = {c.name: c for c in analysis.candidates}
-    # As for the base time: the profile's shares of the total, not its seconds.
-    slowdown = profile.to_total(overhead_s)
     fixed = []
     for entry in entries:
         cand = by_name.get(entry.name)
         context = cand.structure if cand is not None else None
-        in_graph = (slowdown * profile.nodes_time(context.structure.nodes)
+        in_graph = (to_total * profile.nodes_time(context.structure.nodes)
                     if context is not None else 0.0)
         if context is None or in_graph <= 0 or scale <= 0:
             fixed.append(entry)
@@ -918,19 +918,20 @@ def _structures_in_graph(
 
 
 def _base_and_scale(
-    profile: ModelProfile, entries: Sequence[CandidateLatency], overhead_s: float = 0.0
+    profile: ModelProfile, entries: Sequence[CandidateLatency], to_total: float
 ) -> tuple[float, float]:
     """Fixed time and the isolated→in-graph correction (see the module docstring).
+
+    ``to_total`` scales profiled kernel seconds to the unprofiled total
+    (:meth:`ModelProfile.to_total`): a profile or a total from a disturbed session would
+    otherwise move time between the prunable and the fixed part.
 
     Candidates whose nodes the profiler did not map contribute their *corrected* isolated time
     to the prunable part instead of a profiled one, so the base is not inflated by them.
     """
     mapped = [e for e in entries if e.profiled_s is not None]
     unmapped = [e for e in entries if e.profiled_s is None]
-    # The profile's shares of the total (see ModelProfile.to_total): a profile or a total from
-    # a disturbed session would otherwise move time between the prunable and the fixed part.
-    slowdown = profile.to_total(overhead_s)
-    profiled = slowdown * sum(e.profiled_s for e in mapped)  # type: ignore[misc]
+    profiled = to_total * sum(e.profiled_s for e in mapped)  # type: ignore[misc]
     isolated = sum(e.dense_s for e in mapped)
     scale = profiled / isolated if profiled > 0 and isolated > 0 else 1.0
     if unmapped:

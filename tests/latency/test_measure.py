@@ -124,4 +124,5 @@ def test_bench_sessions_makes_fresh_session_pairs_and_takes_feeds_in_turn():
                             progress=lambda done, total: seen.append((done, total)))
     assert len(result.sessions) == 3 and seen[-1] == (3, 3)
     assert result.feeds == ("synthetic", "calibration", "synthetic")
-    assert result.speedup_min <= result.speedup_low <= result.speedup <= result.speedup_max
+    # Each session pair interleaved both models (what is timed is the mechanics, not a speed).
+    assert all(s.pairs >= 1 and s.time_a_s > 0 and s.time_b_s > 0 for s in result.sessions)

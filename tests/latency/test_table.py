@@ -71,7 +71,7 @@ def test_the_fixed_part_keeps_its_share_whatever_phase_each_session_ran_in(
     profile = ModelProfile(total_s=total_ms * 1e-3, kernel_sum_s=8e-3,
                            node_times={"a": 6e-3, "b": 2e-3}, kernels=(), runs=10)
     entry = CandidateLatency("a", ("a",), 6e-3, ((DENSE, 3e-3),))
-    base, scale = _base_and_scale(profile, [entry], overhead_ms * 1e-3)
+    base, scale = _base_and_scale(profile, [entry], profile.to_total(overhead_ms * 1e-3))
     assert base == pytest.approx(base_ms * 1e-3)
     assert scale == pytest.approx((total_ms - base_ms) / 3.0)
 
