@@ -7,6 +7,9 @@ benchmark (batch x sequence >= 512 rows):
 - ``mlp1024.onnx``: an MLP 1024 -> 4096 -> 1024 -> 4096 -> 1024 with GELU, input [rows, 1024].
 - ``block384.onnx``: one pre-LN transformer encoder block at hidden 384, 6 heads, MLP 1536,
   input [batch, seq, 384] (BERT-base/MiniLM-like shapes).
+- ``crnn_bilstm.onnx``: a CRNN text recognizer at batch 1 (a 32x80 line image): two convs, then
+  a bidirectional LSTM unrolled over 20 steps into 80 Gemms that share 4 weights (as exports of
+  recurrent cells written step by step look), then a per-step classifier. Issue 13's case.
 
 Usage: .venv/bin/python benchmarks/generated_models.py [--out .cache/bench]
 (needs the `models` extra: `make install-models`).
@@ -59,6 +62,41 @@ class Block(nn.Module):
         return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.ln2(x))))
 
 
+class CRNN(nn.Module):
+    """Conv features -> an LSTM per direction, unrolled step by step -> per-step classes."""
+
+    def __init__(self, hidden: int = 128, classes: int = 37, steps: int = 20) -> None:
+        super().__init__()
+        self.hidden, self.steps = hidden, steps
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d((16, 2)),
+        )  # [1, 64, 1, 20]
+        self.ih = nn.ModuleList(nn.Linear(64, 4 * hidden) for _ in range(2))
+        self.hh = nn.ModuleList(nn.Linear(hidden, 4 * hidden, bias=False) for _ in range(2))
+        self.out = nn.Linear(2 * hidden, classes)
+
+    def _direction(self, xs: list[torch.Tensor], d: int) -> list[torch.Tensor]:
+        h = torch.zeros(1, self.hidden)
+        c = torch.zeros(1, self.hidden)
+        hs = []
+        for x in xs:
+            i, f, g, o = (self.ih[d](x) + self.hh[d](h)).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            hs.append(h)
+        return hs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = self.features(x).flatten(1, 2)  # [1, 64, 20]
+        xs = [seq[:, :, t] for t in range(self.steps)]
+        forward = self._direction(xs, 0)
+        backward = self._direction(xs[::-1], 1)[::-1]
+        steps = [self.out(torch.cat([a, b], dim=1)) for a, b in zip(forward, backward,
+                                                                      strict=True)]
+        return torch.stack(steps, dim=1)
+
+
 def export(module: nn.Module, example: torch.Tensor, path: Path, dynamic: dict) -> None:
     module.eval()
     torch.onnx.export(module, (example,), str(path), input_names=["input"],
@@ -81,6 +119,7 @@ def main() -> None:
                                                                          "output": {0: "rows"}})
     export(Block(), torch.randn(4, 128, 384), args.out / "block384.onnx",
            {"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}})
+    export(CRNN(), torch.randn(1, 1, 32, 80), args.out / "crnn_bilstm.onnx", {})
 
 
 if __name__ == "__main__":

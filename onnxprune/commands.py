@@ -140,7 +140,7 @@ def run_profile(model_path: str, *, shapes, provider, threads, json_path, layout
     from onnxprune.layouts.registry import candidate_options, layouts_fast_on
     from onnxprune.report.jsonio import write_json
     from onnxprune.report.profile import render_profile
-    from onnxprune.runtime import RuntimeConfig, resolve_provider
+    from onnxprune.runtime import RuntimeConfig, resolve_provider, synthetic_feed
     from onnxprune.structures.context import discover_and_attach, layouts_for
 
     model = load(model_path)
@@ -158,11 +158,15 @@ def run_profile(model_path: str, *, shapes, provider, threads, json_path, layout
             model, analysis, options, runtime, cache_dir=cache_dir,
             progress=lambda done, total, desc: progress("timing layer options", done, total),
         )
-    problem = problem_from_table(table, candidates)
+        problem = problem_from_table(table, candidates)
+        measured = problem.anchor(
+            model, runtime, synthetic_feed(bound.as_tuples()),
+            progress=lambda done, total: progress("measuring the Amdahl bound", done, total))
     fastest = problem.fastest_options()
     rows = [
         {"name": c.name, "op": c.op, "dense_s": table.option_time(c.name, DENSE),
-         "fastest": fastest[c.name].label, "fastest_s": table.option_time(c.name, fastest[c.name]),
+         "fastest": fastest[c.name].label,
+         "fastest_s": problem.option_time(c.name, fastest[c.name]),
          "structure": c.structure.structure.to_json() if c.structure else None,
          "role": ("consumer" if c.structure else "producer" if c.name in producers else "node")}
         for c in candidates
@@ -174,6 +178,8 @@ def run_profile(model_path: str, *, shapes, provider, threads, json_path, layout
         "predicted_dense_s": table.base_s + table.isolated_dense_s, "gap_s": table.gap_s,
         "scale": table.scale, "amdahl_bound": problem.amdahl_bound,
         "amdahl_bound_spread": problem.bound_spread,
+        "amdahl_bound_predicted": problem.predicted_bound,
+        "amdahl_bound_measured": measured.to_json(), "saving_scale": problem.saving_scale,
         "unattributed_s": max(table.dense_total_s - table.profile.to_total(table.overhead_s)
                               * sum(table.profile.node_times.values()), 0.0)
         if table.profile else None,

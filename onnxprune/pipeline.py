@@ -88,6 +88,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     predicted_speedup: float | None = None
     amdahl_bound: float | None = None
+    amdahl_bound_spread: float | None = None
+    amdahl_bound_predicted: float | None = None
     measured: SpeedResult | None = None
     rounds: list[dict] = field(default_factory=list)
     calibration: dict | None = None
@@ -372,7 +374,12 @@ def _time(graph: Analysed, config: PruneConfig, report: Report,
     """The latency table and the allocation problem; refuse a target beyond the bound."""
     problem = build_problem(graph.model, graph.analysis, graph.candidates, graph.options,
                             graph.runtime, config, progress=progress)
+    problem.anchor(graph.model, graph.runtime, synthetic_feed(graph.bound_shapes.as_tuples()),
+                   progress=lambda done, total: _emit(progress, "measuring the Amdahl bound",
+                                                      done, total))
     report.amdahl_bound = problem.amdahl_bound
+    report.amdahl_bound_spread = problem.bound_spread
+    report.amdahl_bound_predicted = problem.predicted_bound
     report.fingerprint = problem.fingerprint
     assert config.speedup is not None
     reach = problem.amdahl_bound * (1 + problem.bound_spread)

@@ -20,6 +20,7 @@ import onnx
 from onnxprune.allocate.dp import LayerChoices
 from onnxprune.config import PruneConfig
 from onnxprune.graph.candidates import Candidate, GraphAnalysis
+from onnxprune.latency.anchor import MeasuredBound, fastest_model, measure_bound, saving_scale_for
 from onnxprune.latency.table import LatencyTable, build_latency_table
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight
 from onnxprune.layouts.registry import LAYOUTS
@@ -66,14 +67,35 @@ class AllocationProblem:
     total_s: float
     base_s: float
     fingerprint: str
+    saving_scale: float = 1.0
+    """Factor on every option's predicted saving over dense (1: the table as measured);
+    :meth:`anchor` sets it so the all-fastest prediction equals the measured bound."""
+    measured_bound: MeasuredBound | None = None
 
     def option_time(self, name: str, option: LayoutOption) -> float:
-        return self.table.option_time(name, option)
+        """Predicted in-graph seconds of ``option``: dense minus the (anchored) saving."""
+        time = self.table.option_time(name, option)
+        if self.saving_scale == 1.0 or option == DENSE:
+            return time
+        dense = self.table.option_time(name, DENSE)
+        return dense - self.saving_scale * (dense - time)
 
     @property
     def amdahl_bound(self) -> float:
-        """Best reachable speedup: every candidate at its fastest option (chains corrected)."""
+        """Best reachable speedup: every candidate at its fastest option (chains corrected).
+
+        Once anchored (:meth:`anchor`), this is the measured speedup of the all-fastest model.
+        """
         return self.speedup_of(self.fastest_options())
+
+    @property
+    def predicted_bound(self) -> float:
+        """The bound as the latency table alone predicts it (savings not anchored)."""
+        scale, self.saving_scale = self.saving_scale, 1.0
+        try:
+            return self.amdahl_bound
+        finally:
+            self.saving_scale = scale
 
     def fastest_options(self) -> dict[str, LayoutOption]:
         return {c.name: min(self.options[c.name], key=lambda o, n=c.name: self.option_time(n, o))
@@ -82,8 +104,40 @@ class AllocationProblem:
     @property
     def bound_spread(self) -> float:
         """Relative uncertainty of :attr:`amdahl_bound` (≈ 2 standard errors)."""
+        if self.measured_bound is not None:
+            return self.measured_bound.rel_spread
         fastest = self.fastest_options()
         return self.table.bound_spread_of(fastest, self.total_s / self.speedup_of(fastest))
+
+    def anchor(self, model: onnx.ModelProto, runtime: RuntimeConfig,
+               feed: Mapping[str, np.ndarray],
+               progress: Callable[[int, int], None] | None = None) -> MeasuredBound:
+        """Measure the all-fastest model and scale every saving so the table agrees with it.
+
+        See :mod:`onnxprune.latency.anchor`. The dense end of the table is exact already; after
+        this its fastest end is too, so the DP's budget and the bound come from measurements
+        at both ends.
+        """
+        model_b = fastest_model(model, self.candidates, self.fastest_options())
+        measured = measure_bound(model, model_b, feed, runtime, progress=progress)
+        self.anchor_to(measured)
+        return measured
+
+    def anchor_to(self, measured: MeasuredBound) -> None:
+        """Scale every saving so the all-fastest prediction equals ``measured``."""
+        self.saving_scale = 1.0
+        fastest = self.fastest_options()  # the order of options does not change with the scale
+        self.measured_bound = measured
+
+        def speedup_at(k: float) -> float:
+            self.saving_scale = k
+            return self.speedup_of(fastest)
+
+        predicted = speedup_at(1.0)
+        self.saving_scale = saving_scale_for(speedup_at, measured.speedup)
+        logger.info("Amdahl bound: the table predicts %.2fx, the all-fastest model measures "
+                    "%.2fx (± %.0f%%); every saving scaled by %.3f", predicted,
+                    measured.speedup, 100 * measured.rel_spread, self.saving_scale)
 
     def budget_for(self, speedup: float) -> float:
         """Seconds available to the candidates for the whole model to run ``speedup``x faster."""

@@ -746,6 +746,9 @@ def build_latency_table(
     base, scale = _base_and_scale(profile, entries, to_total)
     entries = _structures_in_graph(entries, analysis, per_candidate, ratios, savings, profile,
                                    scale, to_total)
+    if injected_timer is None and pair_timer is None:  # real timings only: runs whole models
+        entries = _shared_in_context(entries, model, analysis, scale, profile.total_s, runtime,
+                                     cache, env)
     table = LatencyTable(
         candidates=tuple(entries),
         base_s=base,
@@ -914,6 +917,50 @@ def _structures_in_graph(
                 seconds = seconds + isolated - graph
             rows.append((option, seconds))
         fixed.append(dataclasses.replace(entry, options=tuple(rows)))
+    return fixed
+
+
+def _shared_in_context(
+    entries: list[CandidateLatency], model: onnx.ModelProto, analysis: GraphAnalysis,
+    scale: float, total_s: float, runtime: RuntimeConfig, cache: TimingCache, env: Mapping,
+) -> list[CandidateLatency]:
+    """Scale each many-site candidate's savings by what a few of them save in the whole model.
+
+    See :mod:`onnxprune.latency.in_context`.
+    """
+    from onnxprune.latency import in_context
+
+    shared = {c.name: c for c in in_context.shared_candidates(analysis.candidates)}
+    if not shared:
+        return entries
+    digest = _model_digest(model)
+    feed = synthetic_feed(analysis.bound.as_tuples())
+
+    def meta(name: str, option: LayoutOption) -> dict:
+        return {"env": env, "what": "in_context_ratio", "model": digest, "candidate": name,
+                "option": option.to_json(), "inputs": analysis.bound.as_tuples()}
+
+    def cached(name: str, option: LayoutOption) -> float | None:
+        hit = cache.get(fingerprint(meta(name, option)), meta(name, option))
+        return float(hit["ratio"]) if hit and "ratio" in hit else None
+
+    def store(name: str, option: LayoutOption, ratio: float) -> None:
+        cache.put(fingerprint(meta(name, option)), meta(name, option), {"ratio": ratio})
+
+    fixed = []
+    for entry in entries:
+        cand = shared.get(entry.name)
+        if cand is None:
+            fixed.append(entry)
+            continue
+        dense = entry.dense_s
+        sampled = in_context.sample_options(entry.options)
+        predicted = {o: scale * (dense - entry.raw_time(o)) for o in sampled}
+        factor, _ = in_context.saving_factor(model, analysis.candidates, cand, predicted,
+                                             total_s, feed, runtime, cached, store)
+        rows = tuple((o, t if o == DENSE else dense - factor * (dense - t))
+                     for o, t in entry.options)
+        fixed.append(dataclasses.replace(entry, options=rows))
     return fixed
 
 

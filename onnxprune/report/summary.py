@@ -38,6 +38,8 @@ def report_to_json(report: Report) -> dict:
         "fidelity_at_target": report.at_target.to_json() if report.at_target else None,
         "predicted_speedup": report.predicted_speedup,
         "amdahl_bound": report.amdahl_bound,
+        "amdahl_bound_spread": report.amdahl_bound_spread,
+        "amdahl_bound_predicted": report.amdahl_bound_predicted,
         "provider": report.provider,
         "threads": report.threads,
         "input_shapes": {k: list(v) for k, v in report.input_shapes.items()},
@@ -145,7 +147,9 @@ def render_report(console: Console, report: Report) -> None:
         if report.predicted_speedup is not None:
             extra.append(f"predicted {report.predicted_speedup:.2f}x")
         if report.amdahl_bound is not None:
-            extra.append(f"Amdahl bound {report.amdahl_bound:.2f}x")
+            extra.append(f"Amdahl bound {report.amdahl_bound:.2f}x"
+                         + (f" ± {report.amdahl_bound * report.amdahl_bound_spread:.2f}"
+                            if report.amdahl_bound_spread else ""))
         console.print(
             f"[bold]measured speedup: {m.speedup:.2f}x[/bold]{target}  "
             f"[{len(m.sessions)} fresh sessions: {m.speedup_min:.2f}-{m.speedup_max:.2f}, "
@@ -153,7 +157,9 @@ def render_report(console: Console, report: Report) -> None:
             f"{m.time_b_s * 1e3:.3f} ms]" + (f"  {', '.join(extra)}" if extra else "")
         )
     elif report.amdahl_bound is not None:
-        console.print(f"reachable speedup (Amdahl bound): {report.amdahl_bound:.2f}x")
+        spread = report.amdahl_bound * (report.amdahl_bound_spread or 0.0)
+        console.print(f"reachable speedup (Amdahl bound, measured): {report.amdahl_bound:.2f}x"
+                      f" ± {spread:.2f}")
         if report.predicted_speedup is not None:
             console.print(f"predicted speedup: {report.predicted_speedup:.2f}x")
     for line in _fidelity_lines(report):

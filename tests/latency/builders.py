@@ -77,3 +77,39 @@ def dense_isolated(candidate: Candidate, option: LayoutOption, site_index: int) 
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(site.output_shape))],
         inits,
     )
+
+
+def unrolled_rnn(steps: int = 6, hidden: int = 16, features: int = 8,
+                 seed: int = 0) -> onnx.ModelProto:
+    """An RNN unrolled over ``steps`` as exporters write it: two weights shared by every step.
+
+    x [batch, steps, features]; h_t = tanh(x_t · W_x + h_{t−1} · W_h + b); y = h_last. Each step
+    has its own MatMul on W_x (from a Gather of the step) and on W_h, so W_x and W_h have
+    ``steps`` sites each (``steps − 1`` for W_h: h_0 is zero and its MatMul is left out).
+    """
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((features, hidden)).astype(np.float32), "wx"),
+        numpy_helper.from_array(rng.standard_normal((hidden, hidden)).astype(np.float32) * 0.3,
+                                "wh"),
+        numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), "b"),
+    ]
+    nodes, h = [], None
+    for t in range(steps):
+        inits.append(numpy_helper.from_array(np.array(t, np.int64), f"t{t}"))
+        nodes.append(helper.make_node("Gather", ["x", f"t{t}"], [f"x{t}"], name=f"step{t}", axis=1))
+        nodes.append(helper.make_node("MatMul", [f"x{t}", "wx"], [f"ix{t}"], name=f"in{t}"))
+        pre = f"ix{t}"
+        if h is not None:
+            nodes.append(helper.make_node("MatMul", [h, "wh"], [f"hh{t}"], name=f"rec{t}"))
+            nodes.append(helper.make_node("Add", [pre, f"hh{t}"], [f"s{t}"], name=f"sum{t}"))
+            pre = f"s{t}"
+        nodes.append(helper.make_node("Add", [pre, "b"], [f"a{t}"], name=f"bias{t}"))
+        nodes.append(helper.make_node("Tanh", [f"a{t}"], [f"h{t}"], name=f"tanh{t}"))
+        h = f"h{t}"
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", steps, features])],
+        [helper.make_tensor_value_info(h, TensorProto.FLOAT, ["batch", hidden])],
+        inits,
+    )
