@@ -243,7 +243,7 @@ def run_contract(
             loop.record(attempt, "allocation")
             broke = attempt
             break
-        attempt = realizer.measure(attempt)
+        attempt = realizer.measure(attempt, target)
         loop.record(attempt, "allocation")
         measured.append(attempt)
         assert attempt.measured is not None and attempt.predicted is not None
@@ -265,7 +265,7 @@ def run_contract(
     if broke is not None and search_fidelity is not None and bound is not None:
         within = loop.fastest_within(last_ok_goal, broke.goal or goal)
         if within is not None:
-            within = realizer.measure(within)
+            within = realizer.measure(within, target)
             loop.record(within, "fastest within the bound")
             measured.append(within)
             assert within.measured is not None
@@ -301,7 +301,7 @@ def _relax(loop: _Loop, attempt: Attempt, target: float) -> Attempt | None:
                                         predicted=loop.problem.predicted_speedup(chosen))
         if not loop.within(relaxed):
             return None
-        relaxed = loop.realizer.measure(relaxed)
+        relaxed = loop.realizer.measure(relaxed, target)
         loop.record(relaxed, "relaxed (the first overshot)")
         assert relaxed.measured is not None
         if relaxed.measured.speedup_low >= target:

@@ -1,0 +1,49 @@
+"""The final speed measurement: an undecided result is measured again before it is judged."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+import onnxprune.attempt as attempt_module
+from onnxprune.attempt import Attempt, Realizer
+from onnxprune.config import PruneConfig
+from onnxprune.latency.measure import PairResult, SpeedResult
+from onnxprune.runtime import RuntimeConfig
+
+
+def _result(*speedups: float) -> SpeedResult:
+    return SpeedResult(tuple(PairResult(s, s, s, 1.0, 1.0 / s, 10) for s in speedups))
+
+
+@pytest.fixture
+def realizer_and_calls(monkeypatch):
+    results = [_result(2.1, 2.1, 1.9, 2.2, 1.8), _result(2.1, 2.2, 2.1, 2.0, 2.2)]
+    calls = []
+
+    def fake_bench(*args, **kwargs):
+        calls.append(kwargs.get("sessions"))
+        return results[len(calls) - 1]
+
+    monkeypatch.setattr(attempt_module, "bench_sessions", fake_bench)
+    realizer = Realizer(PruneConfig(speedup=2.0), onnx.ModelProto(), b"", (),
+                        RuntimeConfig(), {"synthetic": {}}, {})
+    return realizer, calls
+
+
+def test_median_met_but_lower_quartile_not_measures_as_many_sessions_again(realizer_and_calls):
+    realizer, calls = realizer_and_calls
+    first = _result(2.1, 2.1, 1.9, 2.2, 1.8)
+    assert first.speedup >= 2.0 > first.speedup_low  # undecided on five sessions
+    measured = realizer.measure(Attempt({}, onnx.ModelProto()), target=2.0).measured
+    assert calls == [5, 5]
+    assert len(measured.sessions) == 10
+    assert measured.speedup_low == pytest.approx(_result(2.1, 2.1, 1.9, 2.2, 1.8, 2.1, 2.2, 2.1,
+                                                         2.0, 2.2).speedup_low)
+
+
+@pytest.mark.parametrize("target", [1.5, 2.5, None])
+def test_a_clear_result_is_measured_once(realizer_and_calls, target):
+    realizer, calls = realizer_and_calls
+    measured = realizer.measure(Attempt({}, onnx.ModelProto()), target=target).measured
+    assert calls == [5] and len(measured.sessions) == 5
