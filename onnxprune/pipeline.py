@@ -290,6 +290,7 @@ def prune(
     output_path: str | Path,
     config: PruneConfig,
     progress: Progress | None = None,
+    calibration: CalibSet | None = None,
 ) -> Report:
     """Prune ``input_path`` and write ``output_path``; see :class:`PruneConfig` for the options.
 
@@ -297,6 +298,9 @@ def prune(
     options), calibrate (three-way split, stitched model), time (the allocation problem, speedup
     mode only), solve (the per-layer database), then the uniform path or the two-sided contract
     loop, and write.
+
+    ``calibration`` is data already read (the Python API's ``calibration_data_reader``); it
+    takes the place of ``config.calib_dir`` / ``config.calib_reader``.
 
     Returns:
         The report (also when ``config.dry_run``: then nothing is written).
@@ -313,10 +317,10 @@ def prune(
     if out_path.is_dir():
         raise UserError(f"the output path {out_path} is a directory")
     if config.max_accuracy_drop is not None and config.calib_dir is None \
-            and config.calib_reader is None:
+            and config.calib_reader is None and calibration is None:
         raise UserError("--max-accuracy-drop needs labelled calibration data (--calib)")
     graph, report = _analyse(in_path, out_path, config)
-    data = _calibrate(graph, config, report)
+    data = _calibrate(graph, config, report, calibration)
     problem = _time(graph, config, report, progress) if graph.mode == "speedup" else None
     options = problem.options if problem is not None else graph.options
     database = _solve(graph, data, options, report, progress)
@@ -389,9 +393,11 @@ def _analyse(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[Analys
     return graph, report
 
 
-def _calibrate(graph: Analysed, config: PruneConfig, report: Report) -> Calibrated:
+def _calibrate(graph: Analysed, config: PruneConfig, report: Report,
+               calibration: CalibSet | None = None) -> Calibrated:
     """Read the calibration data, split it (fit / search / verify), open the stitched model."""
-    calib = _load_calibration(config, graph.model)
+    calib = (check_against_model(calibration, graph.model) if calibration is not None
+             else _load_calibration(config, graph.model))
     feeds = {"synthetic": synthetic_feed(graph.bound_shapes.as_tuples(), seed=config.seed)}
     if calib is None:
         report.fidelity_note = ("not measured: no calibration data, so onnxprune cannot tell "
