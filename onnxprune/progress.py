@@ -94,6 +94,7 @@ class StageTracker:
             self._close_others(stage, now)
             state = self.stages[stage] = _Stage(stage, now, last_emit=now)
             state.done, state.total = done, total
+            state.last_fraction = state.fraction() or 0.0
             self.on_event("start", state, now)
         state.done, state.total = done, total
         if state.finished:
@@ -134,7 +135,7 @@ def plain_line(event: str, state: _Stage, now: float) -> str:
     """One log line for an event, e.g. ``timing layer options: 12/40 (30%), 9s, ETA 21s``."""
     elapsed = format_seconds(now - state.started)
     if event == "start":
-        size = f" ({state.total} steps)" if state.total > 0 else ""
+        size = f" ({state.total} step{'s' if state.total != 1 else ''})" if state.total else ""
         return f"onnxprune: {state.name}{size} ..."
     if event == "end":
         count = f"{state.done}/{state.total}, " if state.total > 0 else (
