@@ -157,7 +157,8 @@ def _options_for(
         rule = config.override_for(cand.node_names)
         cand_levels = levels if rule is None or rule.max_level is None \
             else [min(levels[0], rule.max_level)]
-        for name in _node_layouts(cand, layouts, producers, config):
+        names = rule.allowed_layouts if rule is not None and rule.allowed_layouts else layouts
+        for name in names:
             if name == "dense":
                 continue
             opts, reason = get_layout(name).options(cand, cand_levels)

@@ -165,3 +165,18 @@ def test_cli_is_a_thin_layer_over_the_api(tmp_path):
     quiet = invoke(*args, "--quiet")
     assert quiet.code == 0, quiet.stderr
     assert "collecting statistics" not in quiet.stderr and "measuring" not in quiet.stderr
+
+
+def test_structure_kinds_keep_only_structures_of_those_kinds(tmp_path, cache_dir):
+    common = dict(layouts="block", shapes={"input": (64, 64)}, cache_dir=cache_dir,
+                  dry_run=True, best_effort=True, threads=2)
+    # Forced where the run-wide layouts have no "structure": only the FFN through MatMul1 used.
+    kept = onnxprune.prune(MLP, tmp_path / "o.onnx", 1.3, **common, node_overrides=[
+        {"match": "MatMul2", "structure_kinds": ["ffn"]}])
+    assert [(s["consumer"], s["kind"]) for s in kept.report.structures] == [("MatMul2", "ffn")]
+    assert {e.name: e.layout for e in kept.plan}["MatMul2"] in ("structure", "dense")
+    # A kind the node is not part of: no structure, and the node may take no other layout.
+    refused = onnxprune.prune(MLP, tmp_path / "o.onnx", 1.3, **common, node_overrides=[
+        {"match": "MatMul2", "structure_kinds": ["heads"]}])
+    assert refused.report.structures == []
+    assert {e.name: e.layout for e in refused.plan}["MatMul2"] == "dense"

@@ -161,3 +161,12 @@ max_level = 0.25
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
     assert session.run(None, {"input": x})[1].shape == (3, 10)
+
+
+def test_the_readme_config_example_is_accepted(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = write(tmp_path, block)
+    values, sources = printed(tmp_path, "--config", config)
+    assert values["speedup"] == 2.0 and sources["speedup"] == f"file {config}"
+    assert [rule["match"] for rule in values["node"]] == ["/head/.*", "/fc2/MatMul"]
