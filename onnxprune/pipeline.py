@@ -158,6 +158,8 @@ def _options_for(
         cand_levels = levels if rule is None or rule.max_level is None \
             else [min(levels[0], rule.max_level)]
         names = rule.allowed_layouts if rule is not None and rule.allowed_layouts else layouts
+        if (cand.structure is not None or cand.name in producers) and "structure" not in names:
+            names = layouts_for(cand, ["structure", *names], producers)
         for name in names:
             if name == "dense":
                 continue
@@ -191,6 +193,8 @@ def _node_layouts(cand: Candidate, layouts: Sequence[str], producers: set[str],
     rule = config.override_for(cand.node_names)
     if rule is not None and rule.allowed_layouts:
         layouts = rule.allowed_layouts
+    if (cand.structure is not None or cand.name in producers) and "structure" not in layouts:
+        layouts = [*layouts, "structure"]  # in a structure a rule forced: nothing else
     return layouts_for(cand, layouts, producers)
 
 

@@ -175,6 +175,16 @@ def test_structure_kinds_keep_only_structures_of_those_kinds(tmp_path, cache_dir
         {"match": "MatMul2", "structure_kinds": ["ffn"]}])
     assert [(s["consumer"], s["kind"]) for s in kept.report.structures] == [("MatMul2", "ffn")]
     assert {e.name: e.layout for e in kept.plan}["MatMul2"] in ("structure", "dense")
+    # What the allocator may choose: the consumer its widths, the producer nothing of its own
+    # (it shrinks with the structure), the first layer the run's block layout.
+    from onnxprune.pipeline import _analyse
+
+    config = PruneConfig(speedup=1.3, layouts=("block",), shapes={"input": (64, 64)},
+                         overrides=(NodeOverride("MatMul2", structure_kinds=("ffn",)),))
+    graph, _ = _analyse(MLP, tmp_path / "o.onnx", config)
+    menu = {name: {o.layout for o in opts} for name, opts in graph.options.items()}
+    assert menu == {"MatMul": {"dense", "block"}, "MatMul1": {"dense"},
+                    "MatMul2": {"dense", "structure"}}
     # A kind the node is not part of: no structure, and the node may take no other layout.
     refused = onnxprune.prune(MLP, tmp_path / "o.onnx", 1.3, **common, node_overrides=[
         {"match": "MatMul2", "structure_kinds": ["heads"]}])
