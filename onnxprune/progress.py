@@ -146,7 +146,9 @@ def plain_line(event: str, state: _Stage, now: float) -> str:
         eta_text = f", ETA {format_seconds(eta)}" if eta is not None else ""
         return (f"onnxprune: {state.name}: {state.done}/{state.total} "
                 f"({state.fraction():.0%}), {elapsed}{eta_text}")
-    return f"onnxprune: {state.name}: {state.done} so far, {elapsed}"
+    if state.done:
+        return f"onnxprune: {state.name}: {state.done} so far, {elapsed}"
+    return f"onnxprune: {state.name}: running, {elapsed}"
 
 
 def json_record(event: str, state: _Stage, now: float, wall: float) -> dict:

@@ -99,3 +99,16 @@ def test_plain_line_and_seconds_formats():
 
     stage = _Stage("x", started=0.0, done=0, total=1)
     assert plain_line("start", stage, 0.0) == "onnxprune: x (1 step) ..."
+
+
+def test_a_stage_without_counts_says_it_is_running():
+    stream, clock = io.StringIO(), FakeClock()
+    with progress_reporter(stream=stream, tty=False, clock=clock) as progress:
+        for _ in range(3):
+            progress("finding the fastest within the bound", 0, 0)
+            clock.now += 3.0
+    assert stream.getvalue().splitlines() == [
+        "onnxprune: finding the fastest within the bound ...",
+        "onnxprune: finding the fastest within the bound: running, 6s",
+        "onnxprune: finding the fastest within the bound: done (9s)",
+    ]
