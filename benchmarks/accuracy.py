@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from onnxprune import PruneConfig, prune
+from onnxprune import PruneConfig
 from onnxprune.errors import TargetUnreachableError
+from onnxprune.pipeline import prune
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / ".cache" / "bench"

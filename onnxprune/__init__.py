@@ -1,20 +1,22 @@
 """onnxprune: prune an exported ONNX model to a measured speedup on ONNX Runtime.
 
-Python API::
+Python API, in the style of ONNX Runtime's quantization tool::
 
-    from onnxprune import prune, PruneConfig
-    report = prune("in.onnx", "out.onnx", PruneConfig(speedup=2.0, calib_dir=Path("calib")))
+    import onnxprune
+    result = onnxprune.prune("in.onnx", "out.onnx", 2.0, calib_dir="calib",
+                             shapes={"input": (64, 8, 8)})
+    print(result.speedup, result.fidelity_per_output)
+
+``model_input`` may also be an ``onnx.ModelProto`` and ``model_output`` None (the pruned model is
+then returned as ``result.model``); ``calibration_data_reader`` takes any ORT-style reader.
+``onnxprune.profile(model)`` times the prunable nodes and gives the reachable speedup. Heavy
+modules are imported inside these functions, so ``import onnxprune`` stays light.
 """
 
-from onnxprune.config import PruneConfig
+from onnxprune.api import PlanEntry, ProfileResult, PruneResult, profile, prune
+from onnxprune.config import NodeOverride, PruneConfig
 from onnxprune.errors import OnnxPruneError, TargetUnreachableError, UserError
 
-__all__ = ["PruneConfig", "OnnxPruneError", "TargetUnreachableError", "UserError", "prune"]
+__all__ = ["NodeOverride", "OnnxPruneError", "PlanEntry", "ProfileResult", "PruneConfig",
+           "PruneResult", "TargetUnreachableError", "UserError", "profile", "prune"]
 __version__ = "0.1.0"
-
-
-def prune(*args, **kwargs):  # noqa: ANN002, ANN003 - thin lazy re-export
-    """See :func:`onnxprune.pipeline.prune` (imported lazily to keep ``import onnxprune`` light)."""
-    from onnxprune.pipeline import prune as _prune
-
-    return _prune(*args, **kwargs)

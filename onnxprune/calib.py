@@ -235,12 +235,25 @@ def load_calib_reader(spec: str, max_samples: int) -> CalibSet:
     reader = factory() if callable(factory) and not hasattr(factory, "get_next") else factory
     if not isinstance(reader, CalibrationReader):
         raise UserError(f"--calib-reader: {spec} did not return an object with get_next()")
+    return read_calib_reader(reader, max_samples, spec)
+
+
+def read_calib_reader(reader: CalibrationReader, max_samples: int,
+                      source: str | None = None) -> CalibSet:
+    """Drain an ORT-style reader (any object with ``get_next()``) into a :class:`CalibSet`.
+
+    The Python API's ``calibration_data_reader`` comes here directly; ``--calib-reader`` after
+    importing its factory.
+    """
+    if not isinstance(reader, CalibrationReader):
+        raise UserError(f"calibration_data_reader: {type(reader).__name__} has no get_next() "
+                        "(ONNX Runtime's CalibrationDataReader protocol)")
 
     def drain() -> Iterator[tuple[Mapping[str, np.ndarray], None]]:
         while (feed := reader.get_next()) is not None:
             yield dict(feed), None
 
-    return _cap(drain(), max_samples, spec)
+    return _cap(drain(), max_samples, source or f"reader {type(reader).__name__}")
 
 
 def check_against_model(calib: CalibSet, model: onnx.ModelProto) -> CalibSet:

@@ -18,6 +18,7 @@ from rich.console import Console
 from onnxprune.config import DEFAULT_MAX_ERROR
 from onnxprune.errors import OnnxPruneError, UserError
 from onnxprune.layouts.registry import LAYOUTS
+from onnxprune.settings_file import config_file_options, format_settings, node_overrides
 
 LAYOUT_NAMES = tuple(LAYOUTS)
 
@@ -127,8 +128,11 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Latency-table cache folder (default: the user cache folder).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--log-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE", help="Write progress as JSON lines (one object per event) to FILE.")
 def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: int | None,
-            json_path: str | None, layouts: str, cache_dir: Path | None, quiet: bool) -> None:
+            json_path: str | None, layouts: str, cache_dir: Path | None, quiet: bool,
+            log_json: Path | None) -> None:
     """Time every prunable node of MODEL and its layout options on the provider.
 
     Prints per node the dense time, its share of the total, the fastest option, the predicted vs
@@ -139,7 +143,7 @@ def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     _setup_logging(0, quiet)
     run_profile(model_path, shapes=shapes, provider=provider, threads=threads,
                 json_path=json_path, layouts=layouts, cache_dir=cache_dir, quiet=quiet,
-                console=out_console, load=_load)
+                console=out_console, log_json=log_json)
 
 
 @cli.command()
@@ -217,13 +221,19 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
               help="Latency-table cache folder (default: the user cache folder).")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and the final summary.")
 @click.option("--verbose", "-v", count=True, help="More detail (-vv for debug).")
-def prune(input_path: str, output_path: str, speedup: float | None, sparsity: float | None,
+@click.option("--log-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE", help="Write progress as JSON lines (one object per event) to FILE.")
+@config_file_options
+@click.pass_context
+def prune(ctx: click.Context, input_path: str, output_path: str, speedup: float | None,
+          sparsity: float | None,
           nm: str | None, layouts: str, calib_dir: Path | None, calib_reader: str | None,
           calib_samples: int, shapes: tuple[str, ...], provider: str, threads: int | None,
           json_path: str | None, exclude: str | None, seed: int, search_budget: str,
           max_error: float, max_accuracy_drop: float | None, no_fidelity_bound: bool,
           verify_sessions: int, dry_run: bool, best_effort: bool, sparse_storage: bool,
-          cache_dir: Path | None, quiet: bool, verbose: int) -> int:
+          cache_dir: Path | None, quiet: bool, verbose: int, log_json: Path | None,
+          config: Path | None, print_config: bool) -> int:
     """Prune IN to run --speedup S times faster on the provider and write OUT.
 
     Exit 0 promises both sides: the speedup is measured, not estimated (OUT is timed against IN in
@@ -234,9 +244,16 @@ def prune(input_path: str, output_path: str, speedup: float | None, sparsity: fl
 
     Without calibration data a data-free proxy decides which weights go, fidelity cannot be
     measured and accuracy will suffer: pass --calib.
+
+    --config FILE reads any of these options from a TOML file (keys as the flags without dashes)
+    plus per-node rules ([[node]] tables: match, exclude, layouts, structure_kinds, max_level);
+    flags given on the command line win. --print-config shows the result and exits.
     """
     from onnxprune.commands import run_prune
 
+    if print_config:
+        click.echo(format_settings(ctx))
+        return 0
     _setup_logging(verbose, quiet)
     return run_prune(
         input_path, output_path, speedup=speedup, sparsity=sparsity, nm=nm, layouts=layouts,
@@ -246,6 +263,7 @@ def prune(input_path: str, output_path: str, speedup: float | None, sparsity: fl
         max_accuracy_drop=max_accuracy_drop, fidelity_bound=not no_fidelity_bound,
         verify_sessions=verify_sessions, dry_run=dry_run, best_effort=best_effort,
         sparse_storage=sparse_storage, cache_dir=cache_dir, quiet=quiet, console=out_console,
+        log_json=log_json, node_overrides=node_overrides(ctx),
     )
 
 

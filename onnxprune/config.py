@@ -14,11 +14,71 @@ from onnxprune.errors import UserError
 from onnxprune.layouts.base import DEFAULT_LEVELS
 
 DEFAULT_PROVIDER = "cpu"
+STRUCTURE_KINDS = ("ffn", "conv-chain", "heads", "channels")
+"""The kinds of channel structure discovery reports (``structures/discover.py``)."""
 DEFAULT_MAX_ERROR = 0.2
 """Default fidelity bound: the worst output's mean per-position relative error vs dense.
 
 0.2 keeps an embedding's cosine near 0.98 and, on the shipped classifiers, their held-out
 accuracy within about a point (docs/fidelity.md has the measurements)."""
+
+
+@dataclass(frozen=True)
+class NodeOverride:
+    """A per-node rule (``[[node]]`` in a config file): what one node, or nodes matching a regex,
+    may do, whatever the run-wide options say.
+
+    Attributes:
+        match: a node name, or a regular expression matched against the whole name of each node
+            of a candidate (a weight shared by several nodes matches through any of them).
+        exclude: never prune the matching nodes.
+        layouts: the only layouts the node may take (``structure`` included: then it is pruned
+            as part of a channel structure when one is found). Given layouts are offered even when
+            the run-wide ``layouts`` do not list them: this forces them.
+        structure_kinds: the structure kinds the node may be pruned as (``ffn``, ``conv-chain``,
+            ``heads``, ``channels``); a structure of another kind through the node is not used.
+            Implies ``layouts = ["structure"]`` unless ``layouts`` is given.
+        max_level: the largest fraction of the node's weights that may be removed.
+        source: where the rule came from (``onnxprune.toml, node #2``), for messages.
+    """
+
+    match: str
+    exclude: bool = False
+    layouts: tuple[str, ...] = ()
+    structure_kinds: tuple[str, ...] = ()
+    max_level: float | None = None
+    source: str = "override"
+
+    def __post_init__(self) -> None:
+        try:
+            re.compile(self.match)
+        except re.error as exc:
+            raise UserError(f"{self.source}: match is not a valid regular expression: "
+                            f"{exc}") from None
+        if self.max_level is not None and not 0.0 <= self.max_level < 1.0:
+            raise UserError(f"{self.source}: max_level must be in [0, 1) (got {self.max_level})")
+        from onnxprune.layouts.registry import LAYOUTS
+
+        unknown = [name for name in self.layouts if name not in LAYOUTS]
+        if unknown:
+            raise UserError(f"{self.source}: unknown layout {unknown[0]!r} in layouts (one of: "
+                            f"{', '.join(LAYOUTS)})")
+        unknown = [kind for kind in self.structure_kinds if kind not in STRUCTURE_KINDS]
+        if unknown:
+            raise UserError(f"{self.source}: unknown structure kind {unknown[0]!r} in "
+                            f"structure_kinds (one of: {', '.join(STRUCTURE_KINDS)})")
+        if self.structure_kinds and self.layouts and "structure" not in self.layouts:
+            raise UserError(f"{self.source}: structure_kinds needs 'structure' in layouts")
+
+    def matches(self, node_names: tuple[str, ...] | list[str]) -> bool:
+        return any(re.fullmatch(self.match, name) for name in node_names)
+
+    @property
+    def allowed_layouts(self) -> tuple[str, ...]:
+        """The layouts this rule forces ("structure" alone when only kinds are given)."""
+        if self.layouts:
+            return self.layouts
+        return ("structure",) if self.structure_kinds else ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +116,7 @@ class PruneConfig:
         fidelity_bound: False turns the bound off (fidelity is still measured and reported).
         verify_sessions: fresh session pairs the final speed measurement runs in.
         verify_seconds: wall-clock budget of one final speed measurement.
+        overrides: per-node rules, in order; for each node the first matching rule applies.
     """
 
     speedup: float | None = None
@@ -84,6 +145,11 @@ class PruneConfig:
     fidelity_bound: bool = True
     verify_sessions: int = 5
     verify_seconds: float = 6.0
+    overrides: tuple[NodeOverride, ...] = ()
+
+    def override_for(self, node_names: tuple[str, ...] | list[str]) -> NodeOverride | None:
+        """The first per-node rule matching any of ``node_names``, or None."""
+        return next((o for o in self.overrides if o.matches(node_names)), None)
 
     def __post_init__(self) -> None:
         modes = sum(x is not None for x in (self.speedup, self.sparsity, self.nm))

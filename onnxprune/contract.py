@@ -125,14 +125,15 @@ class _Loop:
         if self.search_fidelity is None or self.config.search_budget <= 0:
             return solve_dp(self.layers, budget, self.coefs)
         progress = self.progress
+        # The first round searches in full; tightening rounds refine the coefficients found.
+        seconds = self.config.search_budget if first else self.config.search_budget / 4
+        evaluations = self.config.search_evaluations or 400
+        stage = f"searching sensitivities (<= {seconds:g} s)"  # whichever cap comes first
         result = spdy_search(
-            self.layers, budget, self.search_loss,
-            # The first round searches in full; tightening rounds refine the coefficients found.
-            seconds=self.config.search_budget if first else self.config.search_budget / 4,
+            self.layers, budget, self.search_loss, seconds=seconds,
             seed=self.config.seed + len(self.rounds), initial_coefs=self.coefs,
-            max_evaluations=self.config.search_evaluations or 400,
-            progress=lambda n, loss: progress("searching sensitivities", n, 0) if progress
-            else None,
+            max_evaluations=evaluations,
+            progress=lambda n, loss: progress(stage, n, evaluations) if progress else None,
         )
         if result is None:
             return None

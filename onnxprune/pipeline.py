@@ -148,15 +148,24 @@ def _options_for(
     """Options per candidate (dense first); in the uniform modes, the one option nearest the
     requested level or pattern, and candidates with none move to ``skipped`` with the reason."""
     if config.speedup is not None:
-        return {c.name: candidate_options(c, layouts_for(c, layouts, producers), config.levels)
+        return {c.name: _capped(candidate_options(c, _node_layouts(c, layouts, producers, config),
+                                                  config.levels), c, config)
                 for c in candidates}
     levels = [1.0 - config.nm[0] / config.nm[1]] if config.nm is not None else [config.sparsity]
     options: dict[str, list[LayoutOption]] = {}
     for cand in candidates:
         found: list[LayoutOption] = []
         reasons = []
-        for name in layouts:
-            opts, reason = get_layout(name).options(cand, levels)
+        rule = config.override_for(cand.node_names)
+        cand_levels = levels if rule is None or rule.max_level is None \
+            else [min(levels[0], rule.max_level)]
+        names = rule.allowed_layouts if rule is not None and rule.allowed_layouts else layouts
+        if (cand.structure is not None or cand.name in producers) and "structure" not in names:
+            names = layouts_for(cand, ["structure", *names], producers)
+        for name in names:
+            if name == "dense":
+                continue
+            opts, reason = get_layout(name).options(cand, cand_levels)
             if config.nm is not None:
                 opts = [o for o in opts if dict(o.params).get("n") == config.nm[0]
                         and dict(o.params).get("m") == config.nm[1]]
@@ -164,8 +173,11 @@ def _options_for(
                     reason = f"{config.nm[0]}:{config.nm[1]} does not fit its weight"
             if config.sparsity is not None and opts:
                 # Nearest level; among equal levels the coarsest block, usually the fastest.
-                opts = [min(opts, key=lambda o: (round(abs(o.level - config.sparsity), 6),
+                opts = [min(opts, key=lambda o: (round(abs(o.level - cand_levels[0]), 6),
                                                  -granularity(o)))]
+            opts = _capped(opts, cand, config)
+            if not opts and rule is not None and rule.max_level is not None and reason is None:
+                reason = f"no option within max_level {rule.max_level:g} ({rule.source})"
             found.extend(opts)
             if reason:
                 reasons.append(f"{name}: {reason}")
@@ -175,6 +187,49 @@ def _options_for(
             continue
         options[cand.name] = [DENSE, *found]
     return options
+
+
+def _node_layouts(cand: Candidate, layouts: Sequence[str], producers: set[str],
+                  config: PruneConfig) -> list[str]:
+    """The layouts ``cand`` may take: the run's, or those a per-node rule forces."""
+    rule = config.override_for(cand.node_names)
+    if rule is not None and rule.allowed_layouts:
+        layouts = rule.allowed_layouts
+    if (cand.structure is not None or cand.name in producers) and "structure" not in layouts:
+        layouts = [*layouts, "structure"]  # in a structure a rule forced: nothing else
+    return layouts_for(cand, layouts, producers)
+
+
+def _capped(options: list[LayoutOption], cand: Candidate,
+            config: PruneConfig) -> list[LayoutOption]:
+    """Options above a per-node rule's ``max_level`` dropped (dense always stays)."""
+    rule = config.override_for(cand.node_names)
+    if rule is None or rule.max_level is None:
+        return options
+    return [o for o in options if o.layout == "dense" or o.level <= rule.max_level + 1e-9]
+
+
+def _structure_allowed(config: PruneConfig, node_names: Mapping[str, tuple[str, ...]]):
+    """Whether a found structure may be used: every per-node rule on its nodes allows it."""
+    def keep(structure) -> bool:
+        for name in (*structure.producers, structure.consumer):
+            rule = config.override_for(node_names.get(name, (name,)))
+            if rule is None or not rule.allowed_layouts:
+                continue
+            if "structure" not in rule.allowed_layouts:
+                return False
+            if rule.structure_kinds and structure.kind not in rule.structure_kinds:
+                return False
+        return True
+    return keep
+
+
+def _forced_structures_only(keep, forcing: set[str]):
+    """When the run does not use structures, only those through a node whose rule forces them."""
+    def keep_forced(structure) -> bool:
+        nodes = {*structure.producers, structure.consumer}
+        return bool(nodes & forcing) and keep(structure)
+    return keep_forced
 
 
 def _configured_layouts(config: PruneConfig) -> dict:
@@ -242,6 +297,7 @@ def prune(
     output_path: str | Path,
     config: PruneConfig,
     progress: Progress | None = None,
+    calibration: CalibSet | None = None,
 ) -> Report:
     """Prune ``input_path`` and write ``output_path``; see :class:`PruneConfig` for the options.
 
@@ -249,6 +305,9 @@ def prune(
     options), calibrate (three-way split, stitched model), time (the allocation problem, speedup
     mode only), solve (the per-layer database), then the uniform path or the two-sided contract
     loop, and write.
+
+    ``calibration`` is data already read (the Python API's ``calibration_data_reader``); it
+    takes the place of ``config.calib_dir`` / ``config.calib_reader``.
 
     Returns:
         The report (also when ``config.dry_run``: then nothing is written).
@@ -265,10 +324,10 @@ def prune(
     if out_path.is_dir():
         raise UserError(f"the output path {out_path} is a directory")
     if config.max_accuracy_drop is not None and config.calib_dir is None \
-            and config.calib_reader is None:
+            and config.calib_reader is None and calibration is None:
         raise UserError("--max-accuracy-drop needs labelled calibration data (--calib)")
     graph, report = _analyse(in_path, out_path, config)
-    data = _calibrate(graph, config, report)
+    data = _calibrate(graph, config, report, calibration)
     problem = _time(graph, config, report, progress) if graph.mode == "speedup" else None
     options = problem.options if problem is not None else graph.options
     database = _solve(graph, data, options, report, progress)
@@ -307,11 +366,19 @@ def _analyse(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[Analys
     report.size_before = in_path.stat().st_size
 
     analysis = _find_candidates(model, bound_shapes)
-    candidates, skipped = _select(analysis, config.exclude)
+    candidates, skipped = _select(analysis, config)
     report.skipped = skipped
     producers: set[str] = set()
-    if "structure" in layouts and candidates:
-        analysis, candidates, producers, found = discover_and_attach(model, analysis, candidates)
+    forced = {name for rule in config.overrides for name in rule.allowed_layouts}
+    if ("structure" in layouts or "structure" in forced) and candidates:
+        keep = _structure_allowed(config, {c.name: c.node_names for c in candidates})
+        if "structure" not in layouts:  # only where a rule forces it
+            forcing = [c.name for c in candidates
+                       if "structure" in getattr(config.override_for(c.node_names),
+                                                 "allowed_layouts", ())]
+            keep = _forced_structures_only(keep, set(forcing))
+        analysis, candidates, producers, found = discover_and_attach(model, analysis, candidates,
+                                                                     keep=keep)
         report.structures = [s.to_json() for s in found.structures]
         report.structures_blocked = [{"producer": b.producer, "reason": b.reason}
                                      for b in found.blocked]
@@ -333,9 +400,11 @@ def _analyse(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[Analys
     return graph, report
 
 
-def _calibrate(graph: Analysed, config: PruneConfig, report: Report) -> Calibrated:
+def _calibrate(graph: Analysed, config: PruneConfig, report: Report,
+               calibration: CalibSet | None = None) -> Calibrated:
     """Read the calibration data, split it (fit / search / verify), open the stitched model."""
-    calib = _load_calibration(config, graph.model)
+    calib = (check_against_model(calibration, graph.model) if calibration is not None
+             else _load_calibration(config, graph.model))
     feeds = {"synthetic": synthetic_feed(graph.bound_shapes.as_tuples(), seed=config.seed)}
     if calib is None:
         report.fidelity_note = ("not measured: no calibration data, so onnxprune cannot tell "
@@ -500,16 +569,19 @@ def _dry(report: Report, candidates: Sequence[Candidate], chosen: Mapping[str, P
     return report
 
 
-def _select(analysis: GraphAnalysis, exclude: str | None) -> tuple[list[Candidate],
+def _select(analysis: GraphAnalysis, config: PruneConfig) -> tuple[list[Candidate],
                                                                    list[SkippedNode]]:
+    """Candidates minus those ``--exclude`` or a per-node rule's ``exclude`` names."""
     skipped = list(analysis.skipped)
-    if not exclude:
-        return list(analysis.candidates), skipped
-    pattern = re.compile(exclude)
+    pattern = re.compile(config.exclude) if config.exclude else None
     kept = []
     for cand in analysis.candidates:
-        if any(pattern.search(name) for name in cand.node_names):
+        rule = config.override_for(cand.node_names)
+        if pattern is not None and any(pattern.search(name) for name in cand.node_names):
             skipped.append(SkippedNode(cand.name, cand.op, "excluded by --exclude", cand.macs))
+        elif rule is not None and rule.exclude:
+            skipped.append(SkippedNode(cand.name, cand.op, f"excluded by {rule.source}",
+                                       cand.macs))
         else:
             kept.append(cand)
     return kept, skipped

@@ -18,9 +18,10 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from onnxprune import PruneConfig, prune
+from onnxprune import PruneConfig
 from onnxprune.errors import TargetUnreachableError, UserError
 from onnxprune.layouts.nm import check_nm
+from onnxprune.pipeline import prune
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

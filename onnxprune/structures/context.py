@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import onnx
 
 from onnxprune.graph.candidates import Candidate, GraphAnalysis
-from onnxprune.structures.discover import Structure, StructureAnalysis
+from onnxprune.structures.discover import BlockedStructure, Structure, StructureAnalysis
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,8 +94,12 @@ def layouts_for(candidate: Candidate, layouts: Sequence[str], producers: set[str
 
 def discover_and_attach(
     model: onnx.ModelProto, analysis: GraphAnalysis, candidates: Sequence[Candidate],
+    keep: Callable[[Structure], bool] | None = None,
 ) -> tuple[GraphAnalysis, list[Candidate], set[str], StructureAnalysis]:
     """Find the channel structures, attach each to its consumer, in the analysis too.
+
+    ``keep`` (per-node rules of a config file) can refuse a structure: it is then not attached
+    and is reported among the blocked ones, with the reason.
 
     Returns:
         The analysis and the candidates with structures attached, the producers' names, and
@@ -107,6 +111,13 @@ def discover_and_attach(
     shapes = infer_tensor_shapes(model, analysis.bound,
                                  required=[o for n in model.graph.node for o in n.output if o])
     found = find_structures(model, analysis, shapes)
+    if keep is not None:
+        refused = [s for s in found.structures if not keep(s)]
+        found = dataclasses.replace(
+            found, structures=tuple(s for s in found.structures if s not in refused),
+            blocked=(*found.blocked, *(BlockedStructure(
+                s.producer, f"{s.kind} structure to {s.consumer} refused by a per-node rule")
+                for s in refused)))
     attached, producers = attach_structures(model, candidates, found)
     by_name = {c.name: c for c in attached}
     analysis = dataclasses.replace(
