@@ -126,9 +126,12 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
               help="Layouts considered for the bound (default: those fast on the provider).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Latency-table cache folder (default: the user cache folder).")
+@click.option("--html", "html_path", metavar="FILE", default=None,
+              help="Also write the report as one self-contained HTML page to FILE.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: int | None,
-            json_path: str | None, layouts: str, cache_dir: Path | None, quiet: bool) -> None:
+            json_path: str | None, layouts: str, cache_dir: Path | None, quiet: bool,
+            html_path: str | None = None) -> None:
     """Time every prunable node of MODEL and its layout options on the provider.
 
     Prints per node the dense time, its share of the total, the fastest option, the predicted vs
@@ -139,7 +142,7 @@ def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     _setup_logging(0, quiet)
     run_profile(model_path, shapes=shapes, provider=provider, threads=threads,
                 json_path=json_path, layouts=layouts, cache_dir=cache_dir, quiet=quiet,
-                console=out_console, load=_load)
+                console=out_console, load=_load, html_path=html_path)
 
 
 @cli.command()
@@ -215,6 +218,8 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
                    "ONNX Runtime densifies them on load, so it does not run faster).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Latency-table cache folder (default: the user cache folder).")
+@click.option("--html", "html_path", metavar="FILE", default=None,
+              help="Also write the report as one self-contained HTML page to FILE.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and the final summary.")
 @click.option("--verbose", "-v", count=True, help="More detail (-vv for debug).")
 def prune(input_path: str, output_path: str, speedup: float | None, sparsity: float | None,
@@ -223,7 +228,8 @@ def prune(input_path: str, output_path: str, speedup: float | None, sparsity: fl
           json_path: str | None, exclude: str | None, seed: int, search_budget: str,
           max_error: float, max_accuracy_drop: float | None, no_fidelity_bound: bool,
           verify_sessions: int, dry_run: bool, best_effort: bool, sparse_storage: bool,
-          cache_dir: Path | None, quiet: bool, verbose: int) -> int:
+          cache_dir: Path | None, quiet: bool, verbose: int,
+          html_path: str | None = None) -> int:
     """Prune IN to run --speedup S times faster on the provider and write OUT.
 
     Exit 0 promises both sides: the speedup is measured, not estimated (OUT is timed against IN in
@@ -246,6 +252,7 @@ def prune(input_path: str, output_path: str, speedup: float | None, sparsity: fl
         max_accuracy_drop=max_accuracy_drop, fidelity_bound=not no_fidelity_bound,
         verify_sessions=verify_sessions, dry_run=dry_run, best_effort=best_effort,
         sparse_storage=sparse_storage, cache_dir=cache_dir, quiet=quiet, console=out_console,
+        html_path=html_path,
     )
 
 

@@ -42,7 +42,8 @@ def _layouts(text: str) -> tuple[str, ...]:
 def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layouts, calib_dir,
               calib_reader, calib_samples, shapes, provider, threads, json_path, exclude, seed,
               search_budget, max_error, max_accuracy_drop, fidelity_bound, verify_sessions,
-              dry_run, best_effort, sparse_storage, cache_dir, quiet, console: Console) -> int:
+              dry_run, best_effort, sparse_storage, cache_dir, quiet, console: Console,
+              html_path: str | None = None) -> int:
     from onnxprune.pipeline import prune
     from onnxprune.report.jsonio import write_json
     from onnxprune.report.summary import render_report, report_to_json
@@ -68,11 +69,15 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
             data = report_to_json(exc.report)
             data["refused"] = str(exc)
             write_json(data, json_path)
+        if html_path and exc.report is not None:
+            _write_prune_html({**report_to_json(exc.report), "refused": str(exc)}, html_path)
         raise
     if json_path != "-":
         render_report(console, report)
     if json_path:
         write_json(report_to_json(report), json_path)
+    if html_path:
+        _write_prune_html(report_to_json(report), html_path)
     if report.met_target is False:
         console.print("[yellow]the target was not met within the fidelity bound; --best-effort "
                       "wrote the fastest model found within it[/yellow]")
@@ -82,6 +87,12 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
                       "anyway[/yellow]")
         return TargetUnreachableError.exit_code
     return 0
+
+
+def _write_prune_html(data: dict, path: str) -> None:
+    from onnxprune.report.html import render_prune_html, write_html
+
+    write_html(render_prune_html(data), path)
 
 
 def run_bench(model_a: str, model_b: str, *, shapes, provider, threads, json_path, seconds,
@@ -131,7 +142,7 @@ def load_bytes(model) -> bytes:
 
 
 def run_profile(model_path: str, *, shapes, provider, threads, json_path, layouts, cache_dir,
-                quiet, console: Console, load) -> None:
+                quiet, console: Console, load, html_path: str | None = None) -> None:
     from onnxprune.allocate.budget import problem_from_table
     from onnxprune.graph.candidates import find_candidates
     from onnxprune.graph.shapes import bind_input_shapes
@@ -187,3 +198,7 @@ def run_profile(model_path: str, *, shapes, provider, threads, json_path, layout
         render_profile(console, data, bound.notes)
     if json_path:
         write_json(data, json_path)
+    if html_path:
+        from onnxprune.report.html import render_profile_html, write_html
+
+        write_html(render_profile_html(data, bound.notes), html_path)
