@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-core
 MODELS_STAMP := $(VENV)/.installed-models
 DEMO_OUT := .cache/demo
+# apt-get needs root: sudo when not already root
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-models test demo models lint format bench bench-models clean
+.PHONY: install install-models test demo models lint format bench bench-models clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +26,12 @@ $(MODELS_STAMP): $(STAMP)
 
 install-models: $(MODELS_STAMP)  ## + torch (CPU), scikit-learn, skl2onnx: to rebuild models
 
-test: install  ## run the test suite
+# The HTML report is tested rendered in a real headless browser (tests/report/test_browser.py).
+chromium:  ## headless chromium for the HTML render test (Debian's package)
+	@command -v chromium >/dev/null || $(SUDO) apt-get install -y chromium \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
+test: install chromium  ## run the test suite
 	$(BIN)/python -m pytest tests
 
 demo: install  ## prune the shipped digits CNN to a measured 2x speedup and score it
