@@ -194,8 +194,9 @@ def time_budget(data: dict) -> list[tuple[str, str, float | None, int | None, st
     """What was not pruned and why, biggest first: (what, op, seconds, MACs, reason).
 
     Timed items (nodes kept dense, the rest of the graph) come first by time, then nodes skipped
-    before timing by MACs. The rest of the graph is the measured dense time less the prunable
-    nodes' dense times: ops onnxprune does not prune, copies and run overhead.
+    before timing by MACs. The rest of the graph is the latency table's fixed part (``dense_time``,
+    on the same scale as the nodes' times); a report without it falls back to the measured dense
+    time less the prunable nodes' dense times: ops onnxprune does not prune, copies, run overhead.
     """
     timed: list[tuple[str, str, float | None, int | None, str]] = []
     layers = data.get("layers") or []
@@ -204,9 +205,13 @@ def time_budget(data: dict) -> list[tuple[str, str, float | None, int | None, st
             timed.append((layer["name"], layer["op"], layer.get("time_dense_s"), None,
                           "kept dense by the allocation: pruning it cost more fidelity per "
                           "millisecond saved than the nodes that were pruned"))
-    measured = data.get("measured_speedup")
-    if measured and layers:
+    measured, dense_time = data.get("measured_speedup"), data.get("dense_time")
+    rest = None
+    if dense_time:
+        rest = dense_time["base_s"]
+    elif measured and layers:
         rest = measured["time_a_s"] - sum(layer.get("time_dense_s") or 0.0 for layer in layers)
+    if rest is not None:
         timed.append(("rest of the graph", "–", max(rest, 0.0), None,
                       "ops that are not MatMul/Gemm/Conv with a constant weight, copies and run "
                       "overhead: no layout applies (this is what the Amdahl bound leaves)"))

@@ -89,6 +89,10 @@ def test_time_budget_is_biggest_first_and_names_why(prune_data):
     assert all(reason for *_, reason in items)
     text = text_of(render_prune_html(data))
     assert text.index("big") < text.index("small") and "excluded by --exclude" in text
+    # With the latency table's fixed part in the report, that is the rest (same scale as nodes).
+    data["dense_time"] = {"total_s": 3e-3, "base_s": 4e-4}
+    rest = next(item for item in time_budget(data) if item[0] == "rest of the graph")
+    assert rest[2] == pytest.approx(4e-4)
 
 
 def test_refused_and_dry_run_pages_say_so(prune_data):
