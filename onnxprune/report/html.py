@@ -35,7 +35,8 @@ h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; margin-top: 28
 table { border-collapse: collapse; width: 100%; font-size: 13px; margin: 8px 0; }
 th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #edf0f3;
          vertical-align: top; }
-th { background: #f5f7f9; } td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f5f7f9; white-space: nowrap; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 code { font-size: 12px; background: #f5f7f9; padding: 1px 4px; border-radius: 3px; }
 .chart { max-width: 100%; height: auto; } .muted { color: #5b6875; font-size: 12px; }
 """
@@ -324,7 +325,9 @@ def render_profile_html(data: dict, notes: Sequence[str] = ()) -> str:
     body.append("<h2>Prunable nodes: dense time and the fastest option</h2>")
     if nodes:
         body.append(paired_bar_chart(
-            [BarRow(r["name"], r["dense_s"], r["fastest_s"], _fastest(r)) for r in nodes],
+            [BarRow(r["name"], r["dense_s"],
+                    None if r.get("role") == "producer" else r["fastest_s"], _fastest(r))
+             for r in nodes],
             before_name="dense", after_name="fastest option"))
     body.append(_table(
         ["node", "op", "role", "dense ms", "share", "fastest option", "saves ms"],
