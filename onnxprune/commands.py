@@ -45,9 +45,11 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
               dry_run, best_effort, sparse_storage, cache_dir, quiet, console: Console,
               html_path: str | None = None) -> int:
     from onnxprune.pipeline import prune
+    from onnxprune.report.html import check_html_path
     from onnxprune.report.jsonio import write_json
     from onnxprune.report.summary import render_report, report_to_json
 
+    check_html_path(html_path)
     seconds, evaluations = parse_search_budget(search_budget)
     config = PruneConfig(
         speedup=speedup, sparsity=sparsity, nm=parse_nm(nm) if nm else None,

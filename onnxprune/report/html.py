@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from html import escape
 from pathlib import Path
 
+from onnxprune.errors import UserError
 from onnxprune.report.svgchart import BarRow, paired_bar_chart
 
 _STYLE = """
@@ -365,8 +366,15 @@ def _fastest(row: dict) -> str:
     return "shrinks with its structure" if row.get("role") == "producer" else row["fastest"]
 
 
+def check_html_path(path: str | os.PathLike[str] | None) -> None:
+    """Refuse an unusable ``--html`` before a long run, not after it."""
+    if path is not None and str(path) == "-":  # stdout already carries the terminal summary
+        raise UserError("--html needs a file path ('-' is not supported; --json - is)")
+
+
 def write_html(text: str, path: str | os.PathLike[str]) -> None:
     """Write the page to ``path`` atomically (temp file + rename): never a half-written page."""
+    check_html_path(path)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from onnxprune.errors import UserError
 from onnxprune.report.html import (
     render_profile_html,
     render_prune_html,
@@ -134,6 +135,8 @@ def test_write_html_is_atomic_and_readable(tmp_path, prune_data):
     assert target.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert target.stat().st_mode & 0o044 == 0o044  # readable by others, not mkstemp's 0600
     assert [p.name for p in target.parent.iterdir()] == ["report.html"]  # no temp file left
+    with pytest.raises(UserError, match="--html needs a file path"):
+        write_html("<html></html>", "-")
 
 
 def test_chart_scales_bars_and_cuts_long_labels():
