@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-core
 MODELS_STAMP := $(VENV)/.installed-models
 DEMO_OUT := .cache/demo
+# apt-get needs root: sudo when not already root
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-models test demo models lint format bench bench-models clean
+.PHONY: install install-models test demo models lint format bench bench-models clean chromium report-screenshot
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +26,16 @@ $(MODELS_STAMP): $(STAMP)
 
 install-models: $(MODELS_STAMP)  ## + torch (CPU), scikit-learn, skl2onnx: to rebuild models
 
-test: install  ## run the test suite
+# The HTML report is tested rendered in a real headless browser (tests/report/test_browser.py).
+chromium:  ## headless chromium for the HTML render test (Debian's package)
+	@command -v chromium >/dev/null || $(SUDO) apt-get install -y chromium \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
+report-screenshot: demo chromium  ## docs/img/report.png: the demo's HTML report in headless chromium
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1060,1750 \
+		--screenshot=docs/img/report.png file://$(CURDIR)/$(DEMO_OUT)/report.html
+
+test: install chromium  ## run the test suite
 	$(BIN)/python -m pytest tests
 
 demo: install  ## prune the shipped digits CNN to a measured 2x speedup and score it
@@ -32,7 +43,7 @@ demo: install  ## prune the shipped digits CNN to a measured 2x speedup and scor
 	$(BIN)/onnxprune inspect models/digits_cnn.onnx --shape input=256x1x8x8
 	$(BIN)/onnxprune models/digits_cnn.onnx $(DEMO_OUT)/digits_cnn_2x.onnx \
 		--speedup 2 --calib calibration/digits_cnn --shape input=256x1x8x8 --threads 2 \
-		--json $(DEMO_OUT)/report.json
+		--json $(DEMO_OUT)/report.json --html $(DEMO_OUT)/report.html
 	$(BIN)/onnxprune bench models/digits_cnn.onnx $(DEMO_OUT)/digits_cnn_2x.onnx \
 		--shape input=256x1x8x8 --threads 2 --seconds 5
 	$(BIN)/python models/evaluate_digits.py models/digits_cnn.onnx $(DEMO_OUT)/digits_cnn_2x.onnx

@@ -127,12 +127,14 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
               help="Layouts considered for the bound (default: those fast on the provider).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Latency-table cache folder (default: the user cache folder).")
+@click.option("--html", "html_path", metavar="FILE", default=None,
+              help="Also write the report as one self-contained HTML page to FILE.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--log-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE", help="Write progress as JSON lines (one object per event) to FILE.")
 def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: int | None,
             json_path: str | None, layouts: str, cache_dir: Path | None, quiet: bool,
-            log_json: Path | None) -> None:
+            log_json: Path | None, html_path: str | None = None) -> None:
     """Time every prunable node of MODEL and its layout options on the provider.
 
     Prints per node the dense time, its share of the total, the fastest option, the predicted vs
@@ -143,7 +145,7 @@ def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     _setup_logging(0, quiet)
     run_profile(model_path, shapes=shapes, provider=provider, threads=threads,
                 json_path=json_path, layouts=layouts, cache_dir=cache_dir, quiet=quiet,
-                console=out_console, log_json=log_json)
+                console=out_console, log_json=log_json, html_path=html_path)
 
 
 @cli.command()
@@ -219,6 +221,8 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
                    "ONNX Runtime densifies them on load, so it does not run faster).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Latency-table cache folder (default: the user cache folder).")
+@click.option("--html", "html_path", metavar="FILE", default=None,
+              help="Also write the report as one self-contained HTML page to FILE.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and the final summary.")
 @click.option("--verbose", "-v", count=True, help="More detail (-vv for debug).")
 @click.option("--log-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -233,7 +237,7 @@ def prune(ctx: click.Context, input_path: str, output_path: str, speedup: float 
           max_error: float, max_accuracy_drop: float | None, no_fidelity_bound: bool,
           verify_sessions: int, dry_run: bool, best_effort: bool, sparse_storage: bool,
           cache_dir: Path | None, quiet: bool, verbose: int, log_json: Path | None,
-          config: Path | None, print_config: bool) -> int:
+          config: Path | None, print_config: bool, html_path: str | None = None) -> int:
     """Prune IN to run --speedup S times faster on the provider and write OUT.
 
     Exit 0 promises both sides: the speedup is measured, not estimated (OUT is timed against IN in
@@ -264,6 +268,7 @@ def prune(ctx: click.Context, input_path: str, output_path: str, speedup: float 
         verify_sessions=verify_sessions, dry_run=dry_run, best_effort=best_effort,
         sparse_storage=sparse_storage, cache_dir=cache_dir, quiet=quiet, console=out_console,
         log_json=log_json, node_overrides=node_overrides(ctx),
+        html_path=html_path,
     )
 
 

@@ -28,12 +28,15 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
               calib_reader, calib_samples, shapes, provider, threads, json_path, exclude, seed,
               search_budget, max_error, max_accuracy_drop, fidelity_bound, verify_sessions,
               dry_run, best_effort, sparse_storage, cache_dir, quiet, console: Console,
-              log_json: Path | None = None, node_overrides: Sequence[NodeOverride] = ()) -> int:
+              log_json: Path | None = None, node_overrides: Sequence[NodeOverride] = (),
+              html_path: str | None = None) -> int:
     """``onnxprune prune``: the API call, then the summary, the JSON, and the exit code."""
     from onnxprune.api import prune
+    from onnxprune.report.html import check_html_path
     from onnxprune.report.jsonio import write_json
     from onnxprune.report.summary import render_report, report_to_json
 
+    check_html_path(html_path)
     try:
         with progress_bars(quiet, log_json) as progress:
             result = prune(
@@ -51,12 +54,16 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
             data = report_to_json(exc.report)
             data["refused"] = str(exc)
             write_json(data, json_path)
+        if html_path and exc.report is not None:
+            _write_prune_html({**report_to_json(exc.report), "refused": str(exc)}, html_path)
         raise
     report = result.report
     if json_path != "-":
         render_report(console, report)
     if json_path:
         write_json(result.to_json(), json_path)
+    if html_path:
+        _write_prune_html(report_to_json(report), html_path)
     if result.met_target is False:
         console.print("[yellow]the target was not met within the fidelity bound; --best-effort "
                       "wrote the fastest model found within it[/yellow]")
@@ -64,6 +71,12 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
         console.print("[yellow]the model breaks the fidelity bound; --best-effort wrote it "
                       "anyway[/yellow]")
     return result.exit_code
+
+
+def _write_prune_html(data: dict, path: str) -> None:
+    from onnxprune.report.html import render_prune_html, write_html
+
+    write_html(render_prune_html(data), path)
 
 
 def run_bench(model_a: str, model_b: str, *, shapes, provider, threads, json_path, seconds,
@@ -113,7 +126,8 @@ def load_bytes(model) -> bytes:
 
 
 def run_profile(model_path: str, *, shapes, provider, threads, json_path, layouts, cache_dir,
-                quiet, console: Console, log_json: Path | None = None) -> None:
+                quiet, console: Console, log_json: Path | None = None,
+                html_path: str | None = None) -> None:
     """``onnxprune profile``: the API call, then the table and the JSON."""
     from onnxprune.api import profile
     from onnxprune.report.jsonio import write_json
@@ -127,3 +141,7 @@ def run_profile(model_path: str, *, shapes, provider, threads, json_path, layout
         render_profile(console, data, result.notes)
     if json_path:
         write_json(data, json_path)
+    if html_path:
+        from onnxprune.report.html import render_profile_html, write_html
+
+        write_html(render_profile_html(data, result.notes), html_path)

@@ -108,6 +108,8 @@ class Report:
     wall_s: float = 0.0
     written: bool = False
     met_target: bool | None = None
+    # The latency table's dense total and fixed (not prunable) part, for the report's time budget.
+    dense_time: dict | None = None
 
 
 def _emit(progress: Progress | None, stage: str, done: int, total: int) -> None:
@@ -450,6 +452,7 @@ def _time(graph: Analysed, config: PruneConfig, report: Report,
     report.amdahl_bound_spread = problem.bound_spread
     report.amdahl_bound_predicted = problem.predicted_bound
     report.fingerprint = problem.fingerprint
+    report.dense_time = {"total_s": problem.total_s, "base_s": problem.base_s}
     assert config.speedup is not None
     reach = problem.amdahl_bound * (1 + problem.bound_spread)
     if config.speedup > reach and not config.best_effort:

@@ -52,6 +52,7 @@ def report_to_json(report: Report) -> dict:
         "file_size_before": report.size_before,
         "file_size_after": report.size_after if report.written else None,
         "fingerprint": report.fingerprint,
+        "dense_time": report.dense_time,
         "wall_s": report.wall_s,
         "notes": report.notes,
         "structures": report.structures,
