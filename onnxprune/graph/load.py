@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from onnxprune.errors import UserError
+from onnxprune.graph.toposort import toposort_graph
 
 logger = logging.getLogger("onnxprune")
 
@@ -47,6 +48,10 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if model.ir_version <= 0 or not model.graph.output or not model.graph.node:
         raise UserError(f"{model_path} is not a valid ONNX model (no graph, outputs or nodes)")
     _load_external_data(model, model_path)
+    if toposort_graph(model.graph):
+        # ORT sorts the nodes itself and runs such a model; so must we (e.g. the output of
+        # onnxruntime's float16 converter lists its input Casts last).
+        logger.info("%s: nodes were not in topological order; sorted them", model_path)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
