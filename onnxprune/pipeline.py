@@ -312,6 +312,7 @@ def _analyse(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[Analys
                     config.speedup, provider, config.threads, bound_shapes.shapes())
     report.notes.extend(bound_shapes.notes)
     if precision is not None:
+        _check_runtime_runs(original, runtime, precision, in_path)
         report.notes.append(
             f"{precision.name} model: solved in float32, written back in {precision.name}; "
             "per-layer times are from the float32 twin, the final speedup is measured on the "
@@ -343,6 +344,22 @@ def _analyse(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[Analys
     graph = Analysed(model, original.SerializeToString(), bound_shapes, runtime, mode, analysis,
                      tuple(candidates), options, precision)
     return graph, report
+
+
+def _check_runtime_runs(model: onnx.ModelProto, runtime: RuntimeConfig,
+                        precision: LowPrecision, path: Path) -> None:
+    """Refuse a half-precision model the EP cannot run (ORT's CPU EP has no bfloat16 MatMul or
+    Conv): the output would be timed and deployed on that EP, so nothing useful can be written."""
+    from onnxprune.runtime import make_session
+
+    try:
+        make_session(model, runtime)
+    except Exception as exc:  # noqa: BLE001 - ORT raises several types for "cannot run"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path}: ONNX Runtime ({runtime.provider}) cannot run this {precision.name} model "
+            f"({first}); onnxprune prunes only models the runtime runs — convert it to float32 "
+            "or float16, or choose a --provider that supports it") from None
 
 
 def _calibrate(graph: Analysed, config: PruneConfig, report: Report) -> Calibrated:
