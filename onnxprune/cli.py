@@ -28,7 +28,7 @@ out_console = Console(highlight=False)
 if not out_console.is_terminal:
     out_console = Console(highlight=False, width=120)
 
-SUBCOMMANDS = ("prune", "inspect", "profile", "bench")
+SUBCOMMANDS = ("prune", "inspect", "profile", "bench", "apply")
 
 
 class _DefaultToPrune(click.Group):
@@ -78,6 +78,7 @@ def cli() -> None:
       onnxprune inspect MODEL        which nodes can be pruned, and why others cannot
       onnxprune profile MODEL        per-node timing and the reachable speedup
       onnxprune bench A.onnx B.onnx  the measured speedup of B over A
+      onnxprune apply IN OUT --plan plan.json   replay a --save-plan run, no timing
 
     Exit codes: 0 done, 1 internal error, 2 bad usage or input, 3 target not reachable.
     """
@@ -215,6 +216,10 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
                    "ONNX Runtime densifies them on load, so it does not run faster).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Latency-table cache folder (default: the user cache folder).")
+@click.option("--save-plan", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE", help="Write the plan of the written model (options chosen, input "
+                                   "and calibration digests) as JSON; `onnxprune apply` "
+                                   "re-materializes it byte-identically without timing.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and the final summary.")
 @click.option("--verbose", "-v", count=True, help="More detail (-vv for debug).")
 def prune(input_path: str, output_path: str, speedup: float | None, sparsity: float | None,
@@ -223,7 +228,7 @@ def prune(input_path: str, output_path: str, speedup: float | None, sparsity: fl
           json_path: str | None, exclude: str | None, seed: int, search_budget: str,
           max_error: float, max_accuracy_drop: float | None, no_fidelity_bound: bool,
           verify_sessions: int, dry_run: bool, best_effort: bool, sparse_storage: bool,
-          cache_dir: Path | None, quiet: bool, verbose: int) -> int:
+          cache_dir: Path | None, save_plan: Path | None, quiet: bool, verbose: int) -> int:
     """Prune IN to run --speedup S times faster on the provider and write OUT.
 
     Exit 0 promises both sides: the speedup is measured, not estimated (OUT is timed against IN in
@@ -246,7 +251,38 @@ def prune(input_path: str, output_path: str, speedup: float | None, sparsity: fl
         max_accuracy_drop=max_accuracy_drop, fidelity_bound=not no_fidelity_bound,
         verify_sessions=verify_sessions, dry_run=dry_run, best_effort=best_effort,
         sparse_storage=sparse_storage, cache_dir=cache_dir, quiet=quiet, console=out_console,
+        save_plan=save_plan,
     )
+
+
+@cli.command()
+@click.argument("input_path", metavar="IN")
+@click.argument("output_path", metavar="OUT")
+@click.option("--plan", "plan_path", required=True, metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="A plan written by `onnxprune prune ... --save-plan FILE`.")
+@click.option("--calib", "calib_dir", type=click.Path(path_type=Path), default=None,
+              metavar="DIR", help="The calibration data the plan was made with (checked by "
+                                  "digest).")
+@click.option("--calib-reader", default=None, metavar="MODULE:CALLABLE",
+              help="Or the CalibrationDataReader factory the plan was made with.")
+@click.option("--json", "json_path", metavar="FILE", default=None,
+              help="Also write the report as JSON (- for stdout).")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors and the final summary.")
+def apply(input_path: str, output_path: str, plan_path: Path, calib_dir: Path | None,
+          calib_reader: str | None, json_path: str | None, quiet: bool) -> int:
+    """Re-materialize a saved plan: write the model `prune --save-plan` wrote, byte for byte.
+
+    Nothing is timed: the plan fixes the option of every node, and the reconstruction, the
+    rewrite and the serialization are deterministic. The input model and the calibration data
+    must be the ones the plan was made with (checked by sha256; otherwise exit 2, naming which).
+    """
+    from onnxprune.commands import run_apply
+
+    _setup_logging(0, quiet)
+    return run_apply(input_path, output_path, plan_path=plan_path, calib_dir=calib_dir,
+                     calib_reader=calib_reader, json_path=json_path, quiet=quiet,
+                     console=out_console)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,7 +42,8 @@ def _layouts(text: str) -> tuple[str, ...]:
 def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layouts, calib_dir,
               calib_reader, calib_samples, shapes, provider, threads, json_path, exclude, seed,
               search_budget, max_error, max_accuracy_drop, fidelity_bound, verify_sessions,
-              dry_run, best_effort, sparse_storage, cache_dir, quiet, console: Console) -> int:
+              dry_run, best_effort, sparse_storage, cache_dir, quiet, console: Console,
+              save_plan: Path | None = None) -> int:
     from onnxprune.pipeline import prune
     from onnxprune.report.jsonio import write_json
     from onnxprune.report.summary import render_report, report_to_json
@@ -56,7 +57,7 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
         best_effort=best_effort, search_budget=seconds, search_evaluations=evaluations,
         cache_dir=cache_dir, sparse_storage=sparse_storage, max_error=max_error,
         max_accuracy_drop=max_accuracy_drop, fidelity_bound=fidelity_bound,
-        verify_sessions=verify_sessions,
+        verify_sessions=verify_sessions, save_plan=save_plan,
     )
     if calib_dir is not None and not Path(calib_dir).exists():
         raise UserError(f"calibration folder not found: {calib_dir}")
@@ -81,6 +82,24 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
         console.print("[yellow]the model breaks the fidelity bound; --best-effort wrote it "
                       "anyway[/yellow]")
         return TargetUnreachableError.exit_code
+    return 0
+
+
+def run_apply(input_path: str, output_path: str, *, plan_path: Path, calib_dir, calib_reader,
+              json_path, quiet, console: Console) -> int:
+    from onnxprune.replay import apply_plan
+    from onnxprune.report.jsonio import write_json
+    from onnxprune.report.summary import render_report, report_to_json
+
+    if calib_dir is not None and not Path(calib_dir).exists():
+        raise UserError(f"calibration folder not found: {calib_dir}")
+    with progress_bars(quiet) as progress:
+        report = apply_plan(input_path, output_path, plan_path, calib_dir, calib_reader,
+                            progress=progress)
+    if json_path != "-":
+        render_report(console, report)
+    if json_path:
+        write_json(report_to_json(report), json_path)
     return 0
 
 

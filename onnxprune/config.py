@@ -56,6 +56,8 @@ class PruneConfig:
         fidelity_bound: False turns the bound off (fidelity is still measured and reported).
         verify_sessions: fresh session pairs the final speed measurement runs in.
         verify_seconds: wall-clock budget of one final speed measurement.
+        save_plan: where to write the plan of the written model (``onnxprune apply`` replays it
+            without timing); None: no plan.
     """
 
     speedup: float | None = None
@@ -84,6 +86,7 @@ class PruneConfig:
     fidelity_bound: bool = True
     verify_sessions: int = 5
     verify_seconds: float = 6.0
+    save_plan: Path | None = None
 
     def __post_init__(self) -> None:
         modes = sum(x is not None for x in (self.speedup, self.sparsity, self.nm))

@@ -579,6 +579,12 @@ def _finish(attempt: Attempt, report: Report, realizer: Realizer, calib: CalibSe
     report.measured = attempt.measured
     save_model_atomic(attempt.pruned, out_path)
     report.written = True
+    if realizer.config.save_plan is not None:
+        from onnxprune.plan import make_plan, write_plan
+
+        write_plan(make_plan(Path(report.input_path), realizer.config, calib, report.fingerprint,
+                             realizer.candidates, attempt.chosen, out_path),
+                   realizer.config.save_plan)
     report.size_after = out_path.stat().st_size
     report.wall_s = time.monotonic() - started
     return report
