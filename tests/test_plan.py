@@ -1,4 +1,4 @@
-"""Reproducible pipelines: a saved plan re-materializes byte-identically, and only for its inputs."""
+"""Reproducible pipelines: a saved plan re-materializes byte-identically, for its inputs only."""
 
 from __future__ import annotations
 
