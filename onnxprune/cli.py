@@ -100,6 +100,7 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     FFN neurons, attention heads), and every skipped node or structure-less producer with its
     reason."""
     from onnxprune.graph.candidates import find_candidates
+    from onnxprune.graph.precision import widen
     from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs
     from onnxprune.report.inspect import analysis_to_json, render_inspect
     from onnxprune.report.jsonio import write_json
@@ -109,7 +110,7 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     requested = parse_shape_specs(shapes)
     from onnxprune.structures.context import discover_and_attach
 
-    model = _load(model_path)
+    model = widen(_load(model_path))[0]  # fp16/bf16: analysed as prune sees it (float32 twin)
     analysis = find_candidates(model, bind_input_shapes(model, requested))
     found = discover_and_attach(model, analysis, analysis.candidates)[3] \
         if analysis.candidates else None

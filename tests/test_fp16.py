@@ -90,3 +90,17 @@ def test_bfloat16_model_the_runtime_cannot_run_is_refused(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_inspect_lists_fp16_weights_as_prunable(tmp_path):
+    """inspect analyses the model as prune does (float32 twin), not "float32 only" skips."""
+    import json
+
+    src = _fp16_cnn(tmp_path / "cnn16.onnx", shuffle=False)
+    out = tmp_path / "inspect.json"
+    result = subprocess.run([sys.executable, "-m", "onnxprune", "inspect", str(src),
+                             "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert len(data["candidates"]) == 5
+    assert not any("dtype" in s["reason"] for s in data["skipped"])
