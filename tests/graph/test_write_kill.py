@@ -170,3 +170,18 @@ def test_kill_at_random_moments_of_an_external_data_write(tmp_path):
     save_model_atomic(_model(2), out, external_data=True)
     assert len(list(tmp_path.glob("out.onnx.*.data"))) == 1
     assert _signature(load_model(out)) == _signature(_model(2))
+
+
+def test_external_write_leaves_the_caller_model_intact(tmp_path):
+    """The weights go to the data file while serializing and come back to the model after."""
+    model = _model(3)
+    before = model.SerializeToString()
+    out = save_model_atomic(model, tmp_path / "m.onnx", external_data=True)
+    assert model.SerializeToString() == before
+    stored = onnx.load(str(out), load_external_data=False)
+    assert all(t.data_location == TensorProto.EXTERNAL for t in stored.graph.initializer)
+    assert _signature(load_model(out)) == _signature(model)
+    # Writing it inline afterwards removes the data file the external write made.
+    save_model_atomic(model, out)
+    assert not list(tmp_path.glob("m.onnx.*.data"))
+    assert _signature(load_model(out)) == _signature(model)
