@@ -73,7 +73,7 @@ def _write_with_external_data(model: onnx.ModelProto, out: Path) -> str:
     """
     data_name = f"{out.name}.{secrets.token_hex(8)}.data"
     data_path = out.parent / data_name
-    moved: list[tuple[TensorProto, bytes]] = []
+    moved: list[tuple[TensorProto, bytes, bool]] = []
     try:
         with open(data_path, "xb") as handle:
             for tensor in external_data_helper._get_all_tensors(model):
@@ -82,7 +82,7 @@ def _write_with_external_data(model: onnx.ModelProto, out: Path) -> str:
                 raw = tensor.raw_data
                 offset = handle.tell()
                 handle.write(raw)
-                moved.append((tensor, raw))
+                moved.append((tensor, raw, tensor.HasField("data_location")))
                 external_data_helper.set_external_data(tensor, data_name, offset, len(raw))
                 tensor.data_location = TensorProto.EXTERNAL
                 tensor.ClearField("raw_data")
@@ -93,9 +93,12 @@ def _write_with_external_data(model: onnx.ModelProto, out: Path) -> str:
         data_path.unlink(missing_ok=True)
         raise
     finally:
-        for tensor, raw in moved:
+        for tensor, raw, had_location in moved:  # back exactly as it was
             del tensor.external_data[:]
-            tensor.data_location = TensorProto.DEFAULT
+            if had_location:
+                tensor.data_location = TensorProto.DEFAULT
+            else:
+                tensor.ClearField("data_location")
             tensor.raw_data = raw
     return data_name
 
