@@ -23,13 +23,13 @@ CALIB = ROOT / "calibration" / "digits_cnn"
 EVAL = np.load(ROOT / "models" / "data" / "digits_eval.npz")
 
 
-def _fp16_cnn(path: Path, shuffle: bool) -> Path:
+def _fp16_cnn(path: Path, shuffle: bool, keep_io_types: bool = True) -> Path:
     """The shipped CNN through ``convert_float_to_float16`` (which already lists its input Cast
     last, so onnx.checker refuses it); ``shuffle`` also scrambles the whole node order."""
     model = convert_float_to_float16(onnx.load(str(ROOT / "models" / "digits_cnn.onnx")),
-                                     keep_io_types=True)
+                                     keep_io_types=keep_io_types)
     model.ir_version = min(model.ir_version, ort_max_ir_version())
-    if shuffle:
+    if shuffle or not keep_io_types:
         nodes = list(model.graph.node)
         random.Random(3).shuffle(nodes)
         del model.graph.node[:]
@@ -104,3 +104,24 @@ def test_inspect_lists_fp16_weights_as_prunable(tmp_path):
     data = json.loads(out.read_text())
     assert len(data["candidates"]) == 5
     assert not any("dtype" in s["reason"] for s in data["skipped"])
+
+
+def test_fp16_inputs_and_outputs_prune_with_fp32_calibration(tmp_path):
+    """keep_io_types=False: the float32 calibration data is cast to the fp16 inputs; the output
+    takes and gives fp16 like the input model."""
+    src = _fp16_cnn(tmp_path / "io16.onnx", shuffle=False, keep_io_types=False)
+    out = tmp_path / "out.onnx"
+    config = PruneConfig(sparsity=0.25, layouts=("block",), calib_dir=CALIB,
+                         shapes={"input": (64, 1, 8, 8)}, threads=1, verify_sessions=1,
+                         verify_seconds=0.5)
+    report = prune(src, out, config)
+    assert report.written and report.exactness is not None and report.exactness < 3e-2
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    assert not any("onnxprune_twin_cast" in n.name for n in model.graph.node)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": EVAL["input_img"][:32].astype(np.float16)})[0]
+    assert logits.dtype == np.float16
+    assert np.mean(logits.argmax(1) == EVAL["labels"][:32]) > 0.8

@@ -9,6 +9,10 @@ target back, and the tensors the input kept in float32 (the Casts' float32 side 
 ``convert_float_to_float16(keep_io_types=True)`` puts at the inputs and outputs, blocked ops) stay
 float32. So the converter's Cast pattern survives, and the model that is timed against the input
 and written is the half-precision one.
+
+Graph inputs and outputs keep their dtype in the twin (a half-precision input is widened by a Cast
+the twin adds, an output narrowed by one), so the calibration data, the timing inputs and the
+outputs compared are the same for the twin and the written model; lowering removes those Casts.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 logger = logging.getLogger("onnxprune")
 
 LOW = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
+_EDGE = "onnxprune_twin_cast"  # name prefix of the Casts the twin adds at half-precision IO
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,57 @@ def _value_infos(graph: onnx.GraphProto):
     return [*graph.input, *graph.output, *graph.value_info]
 
 
+def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+
+
+def _cast_edges(graph: onnx.GraphProto) -> None:
+    """Give half-precision graph inputs and outputs a float32 side inside the twin."""
+    inputs = [v for v in graph.input if v.type.tensor_type.elem_type in LOW]
+    casts = []
+    for value in inputs:
+        wide = f"{value.name}/{_EDGE}"
+        _rename_uses(graph, value.name, wide)
+        casts.append(helper.make_node("Cast", [value.name], [wide], to=TensorProto.FLOAT,
+                                      name=f"{_EDGE}/{value.name}"))
+    for value in graph.output:
+        dtype = value.type.tensor_type.elem_type
+        if dtype not in LOW:
+            continue
+        wide = f"{value.name}/{_EDGE}"
+        for node in graph.node:
+            for i, name in enumerate(node.output):
+                if name == value.name:
+                    node.output[i] = wide
+        _rename_uses(graph, value.name, wide)
+        graph.node.append(helper.make_node("Cast", [wide], [value.name], to=dtype,
+                                           name=f"{_EDGE}/{value.name}"))
+    for cast in reversed(casts):
+        graph.node.insert(0, cast)
+
+
+def _drop_cast_edges(graph: onnx.GraphProto) -> None:
+    """Undo :func:`_cast_edges` on the (pruned, lowered) model."""
+    outputs = {v.name for v in graph.output}
+    for cast in [n for n in graph.node if n.name.startswith(f"{_EDGE}/")]:
+        source, target = cast.input[0], cast.output[0]
+        graph.node.remove(cast)
+        if target in outputs:  # producer writes the output again
+            for node in graph.node:
+                for i, name in enumerate(node.output):
+                    if name == source:
+                        node.output[i] = target
+            _rename_uses(graph, source, target)
+        else:
+            _rename_uses(graph, target, source)
+    edge = [v for v in graph.value_info if _EDGE in v.name]
+    for value in edge:
+        graph.value_info.remove(value)
+
+
 def _float_tensors(graph: onnx.GraphProto):
     """Every TensorProto of the graph: initializers and tensor attributes (Constant values)."""
     yield from graph.initializer
@@ -95,6 +151,7 @@ def widen(model: onnx.ModelProto) -> tuple[onnx.ModelProto, LowPrecision | None]
     float32_names = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT}
     float32_names |= {v.name for v in _value_infos(graph)
                       if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    float32_names |= {v.name for v in [*graph.input, *graph.output]}  # IO keeps its dtype
     cast_targets: dict[str, int] = {}
     for node in graph.node:
         if node.op_type == "Cast":
@@ -107,9 +164,10 @@ def widen(model: onnx.ModelProto) -> tuple[onnx.ModelProto, LowPrecision | None]
     for tensor in _float_tensors(graph):
         if tensor.data_type in LOW:
             _to_float32(tensor)
-    for info in _value_infos(graph):
+    for info in graph.value_info:
         if info.type.tensor_type.elem_type in LOW:
             info.type.tensor_type.elem_type = TensorProto.FLOAT
+    _cast_edges(graph)
     return twin, LowPrecision(dtype, frozenset(float32_names), cast_targets)
 
 
@@ -135,7 +193,8 @@ def lower(model: onnx.ModelProto, precision: LowPrecision) -> onnx.ModelProto:
         if node.op_type == "Cast" and node.name in precision.cast_targets:
             next(a for a in node.attribute if a.name == "to").i = \
                 precision.cast_targets[node.name]
-    for info in _value_infos(graph):
+    for info in graph.value_info:
         if info.type.tensor_type.elem_type == TensorProto.FLOAT and info.name not in keep:
             info.type.tensor_type.elem_type = precision.dtype
+    _drop_cast_edges(graph)
     return out

@@ -70,7 +70,9 @@ def test_bfloat16_roundtrip_without_running():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     twin, precision = widen(model)
     assert precision is not None and precision.name == "bfloat16"
-    assert twin.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    # IO keeps its dtype (the twin widens/narrows it with Casts of its own).
+    assert twin.graph.output[0].type.tensor_type.elem_type == TensorProto.BFLOAT16
+    assert twin.graph.node[-1].op_type == "Cast" and len(twin.graph.node) == 3
     widened = numpy_helper.to_array(twin.graph.initializer[0])
     assert widened.dtype == np.float32
     back = lower(twin, precision)
@@ -78,3 +80,21 @@ def test_bfloat16_roundtrip_without_running():
     assert back.graph.node[0].attribute[0].i == TensorProto.BFLOAT16
     np.testing.assert_array_equal(numpy_helper.to_array(back.graph.initializer[0])
                                   .astype(np.float32), widened)
+    assert back.SerializeToString() == model.SerializeToString()
+
+
+def test_fp16_inputs_and_outputs_keep_their_dtype():
+    """keep_io_types=False: fp16 graph inputs/outputs; the twin takes and gives fp16 too, so the
+    same feeds run both, and lowering gives the converter's model back byte for byte."""
+    model = convert_float_to_float16(onnx.load(str(ROOT / "models" / "digits_cnn.onnx")),
+                                     keep_io_types=False)
+    toposort_graph(model.graph)
+    twin, precision = widen(model)
+    assert twin.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    onnx.checker.check_model(twin)
+    x = np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float16)
+    want, got = _run(model, x), _run(twin, x)
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=2e-2,
+                               atol=2e-2)
+    assert lower(twin, precision).SerializeToString() == model.SerializeToString()
