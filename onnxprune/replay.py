@@ -42,12 +42,14 @@ def apply_plan(input_path: str | Path, output_path: str | Path, plan_path: str |
     from onnxprune.pipeline import _analyse, _calibrate, _finish, _solve
 
     started = time.monotonic()
-    plan = read_plan(plan_path)
     in_path, out_path = Path(input_path), Path(output_path)
     if in_path.exists() and out_path.exists() and in_path.resolve() == out_path.resolve():
         raise UserError("the output path is the input path; choose another output file")
     if not in_path.is_file():
         raise UserError(f"no such file: {in_path}")
+    if out_path.is_dir():
+        raise UserError(f"the output path {out_path} is a directory")
+    plan = read_plan(plan_path)
     digest = model_digest(in_path)
     if digest != plan.input_sha256:
         raise UserError(

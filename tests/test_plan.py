@@ -114,3 +114,5 @@ def test_a_broken_plan_is_a_user_error(tmp_path):
     result = _cli("apply", str(MODELS / "digits_mlp.onnx"), str(tmp_path / "o.onnx"),
                   "--plan", str(tmp_path / "missing.json"))
     assert result.returncode == 2 and "no such plan file" in result.stderr
+    with pytest.raises(UserError, match="is a directory"):
+        apply_plan(MODELS / "digits_mlp.onnx", tmp_path, bad)
