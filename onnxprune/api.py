@@ -150,6 +150,7 @@ def prune(
     best_effort: bool = False,
     sparse_storage: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    save_plan: str | os.PathLike[str] | None = None,
     progress: bool | Progress = False,
 ) -> PruneResult:
     """Prune a model to run ``speedup`` times faster (measured) on the provider.
@@ -200,6 +201,8 @@ def prune(
             model found within it (``result.met_target`` is then False).
         sparse_storage: store unstructured-pruned weights as ``sparse_initializer``.
         cache_dir: latency-table cache folder (None: the user cache folder).
+        save_plan: also write the plan of the written model here (JSON; ``onnxprune apply``
+            re-materializes it byte-identically without timing).
         progress: True shows progress on stderr (bars on a terminal, lines otherwise); or a
             ``(stage, done, total)`` callback; False: silent.
 
@@ -234,6 +237,7 @@ def prune(
         max_accuracy_drop=max_accuracy_drop, fidelity_bound=fidelity_bound,
         verify_sessions=verify_sessions, verify_seconds=verify_seconds,
         overrides=tuple(_override(o, i) for i, o in enumerate(node_overrides, 1)),
+        save_plan=Path(save_plan) if save_plan is not None else None,
     )
     return prune_with_config(model_input, model_output, config, calibration_data_reader,
                              progress)

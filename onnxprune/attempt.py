@@ -19,6 +19,7 @@ from onnxprune.calib import CalibSet
 from onnxprune.config import PruneConfig
 from onnxprune.fidelity import Fidelity, Scorer
 from onnxprune.graph.candidates import Candidate
+from onnxprune.graph.precision import LowPrecision, lower
 from onnxprune.latency.measure import SpeedResult, bench_sessions
 from onnxprune.layouts.base import Layout, PrunedWeight
 from onnxprune.materialize import materialize
@@ -72,6 +73,7 @@ class Realizer:
     fit: CalibSet | None = None
     verify_scorer: Scorer | None = None
     progress: Progress | None = None
+    precision: LowPrecision | None = None
 
     def realize(self, chosen: Mapping[str, PrunedWeight], goal: float | None = None,
                 predicted: float | None = None) -> Attempt:
@@ -80,6 +82,8 @@ class Realizer:
         if self.runner is not None and self.fit is not None and self.config.sequential:
             chosen = sequential_resolve(self.runner, self.model, self.candidates, chosen, self.fit)
         pruned = materialize(self.model, self.candidates, chosen, self.layouts)
+        if self.precision is not None:
+            pruned = lower(pruned, self.precision)
         fidelity = None
         if self.verify_scorer is not None:
             fidelity = self.verify_scorer({n: s.weight for n, s in chosen.items()})

@@ -29,7 +29,7 @@ out_console = Console(highlight=False)
 if not out_console.is_terminal:
     out_console = Console(highlight=False, width=120)
 
-SUBCOMMANDS = ("prune", "inspect", "profile", "bench")
+SUBCOMMANDS = ("prune", "inspect", "profile", "bench", "apply")
 
 
 class _DefaultToPrune(click.Group):
@@ -79,6 +79,7 @@ def cli() -> None:
       onnxprune inspect MODEL        which nodes can be pruned, and why others cannot
       onnxprune profile MODEL        per-node timing and the reachable speedup
       onnxprune bench A.onnx B.onnx  the measured speedup of B over A
+      onnxprune apply IN OUT --plan plan.json   replay a --save-plan run, no timing
 
     Exit codes: 0 done, 1 internal error, 2 bad usage or input, 3 target not reachable.
     """
@@ -100,6 +101,7 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     FFN neurons, attention heads), and every skipped node or structure-less producer with its
     reason."""
     from onnxprune.graph.candidates import find_candidates
+    from onnxprune.graph.precision import widen
     from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs
     from onnxprune.report.inspect import analysis_to_json, render_inspect
     from onnxprune.report.jsonio import write_json
@@ -109,7 +111,7 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     requested = parse_shape_specs(shapes)
     from onnxprune.structures.context import discover_and_attach
 
-    model = _load(model_path)
+    model = widen(_load(model_path))[0]  # fp16/bf16: analysed as prune sees it (float32 twin)
     analysis = find_candidates(model, bind_input_shapes(model, requested))
     found = discover_and_attach(model, analysis, analysis.candidates)[3] \
         if analysis.candidates else None
@@ -223,6 +225,10 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
               help="Latency-table cache folder (default: the user cache folder).")
 @click.option("--html", "html_path", metavar="FILE", default=None,
               help="Also write the report as one self-contained HTML page to FILE.")
+@click.option("--save-plan", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE", help="Write the plan of the written model (options chosen, input "
+                                   "and calibration digests) as JSON; `onnxprune apply` "
+                                   "re-materializes it byte-identically without timing.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and the final summary.")
 @click.option("--verbose", "-v", count=True, help="More detail (-vv for debug).")
 @click.option("--log-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -237,7 +243,8 @@ def prune(ctx: click.Context, input_path: str, output_path: str, speedup: float 
           max_error: float, max_accuracy_drop: float | None, no_fidelity_bound: bool,
           verify_sessions: int, dry_run: bool, best_effort: bool, sparse_storage: bool,
           cache_dir: Path | None, quiet: bool, verbose: int, log_json: Path | None,
-          config: Path | None, print_config: bool, html_path: str | None = None) -> int:
+          config: Path | None, print_config: bool, html_path: str | None = None,
+          save_plan: Path | None = None) -> int:
     """Prune IN to run --speedup S times faster on the provider and write OUT.
 
     Exit 0 promises both sides: the speedup is measured, not estimated (OUT is timed against IN in
@@ -269,7 +276,38 @@ def prune(ctx: click.Context, input_path: str, output_path: str, speedup: float 
         sparse_storage=sparse_storage, cache_dir=cache_dir, quiet=quiet, console=out_console,
         log_json=log_json, node_overrides=node_overrides(ctx),
         html_path=html_path,
+        save_plan=save_plan,
     )
+
+
+@cli.command()
+@click.argument("input_path", metavar="IN")
+@click.argument("output_path", metavar="OUT")
+@click.option("--plan", "plan_path", required=True, metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="A plan written by `onnxprune prune ... --save-plan FILE`.")
+@click.option("--calib", "calib_dir", type=click.Path(path_type=Path), default=None,
+              metavar="DIR", help="The calibration data the plan was made with (checked by "
+                                  "digest).")
+@click.option("--calib-reader", default=None, metavar="MODULE:CALLABLE",
+              help="Or the CalibrationDataReader factory the plan was made with.")
+@click.option("--json", "json_path", metavar="FILE", default=None,
+              help="Also write the report as JSON (- for stdout).")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors and the final summary.")
+def apply(input_path: str, output_path: str, plan_path: Path, calib_dir: Path | None,
+          calib_reader: str | None, json_path: str | None, quiet: bool) -> int:
+    """Re-materialize a saved plan: write the model `prune --save-plan` wrote, byte for byte.
+
+    Nothing is timed: the plan fixes the option of every node, and the reconstruction, the
+    rewrite and the serialization are deterministic. The input model and the calibration data
+    must be the ones the plan was made with (checked by sha256; otherwise exit 2, naming which).
+    """
+    from onnxprune.commands import run_apply
+
+    _setup_logging(0, quiet)
+    return run_apply(input_path, output_path, plan_path=plan_path, calib_dir=calib_dir,
+                     calib_reader=calib_reader, json_path=json_path, quiet=quiet,
+                     console=out_console)
 
 
 def main(argv: list[str] | None = None) -> None:

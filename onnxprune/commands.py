@@ -29,7 +29,7 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
               search_budget, max_error, max_accuracy_drop, fidelity_bound, verify_sessions,
               dry_run, best_effort, sparse_storage, cache_dir, quiet, console: Console,
               log_json: Path | None = None, node_overrides: Sequence[NodeOverride] = (),
-              html_path: str | None = None) -> int:
+              html_path: str | None = None, save_plan: Path | None = None) -> int:
     """``onnxprune prune``: the API call, then the summary, the JSON, and the exit code."""
     from onnxprune.api import prune
     from onnxprune.report.html import check_html_path
@@ -47,7 +47,7 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
                 max_accuracy_drop=max_accuracy_drop, fidelity_bound=fidelity_bound,
                 verify_sessions=verify_sessions, dry_run=dry_run, best_effort=best_effort,
                 sparse_storage=sparse_storage, cache_dir=cache_dir,
-                node_overrides=node_overrides, progress=progress,
+                node_overrides=node_overrides, save_plan=save_plan, progress=progress,
             )
     except TargetUnreachableError as exc:
         if json_path and exc.report is not None:  # pipelines read why, and what was reachable
@@ -77,6 +77,24 @@ def _write_prune_html(data: dict, path: str) -> None:
     from onnxprune.report.html import render_prune_html, write_html
 
     write_html(render_prune_html(data), path)
+
+
+def run_apply(input_path: str, output_path: str, *, plan_path: Path, calib_dir, calib_reader,
+              json_path, quiet, console: Console) -> int:
+    from onnxprune.replay import apply_plan
+    from onnxprune.report.jsonio import write_json
+    from onnxprune.report.summary import render_report, report_to_json
+
+    if calib_dir is not None and not Path(calib_dir).exists():
+        raise UserError(f"calibration folder not found: {calib_dir}")
+    with progress_bars(quiet) as progress:
+        report = apply_plan(input_path, output_path, plan_path, calib_dir, calib_reader,
+                            progress=progress)
+    if json_path != "-":
+        render_report(console, report)
+    if json_path:
+        write_json(report_to_json(report), json_path)
+    return 0
 
 
 def run_bench(model_a: str, model_b: str, *, shapes, provider, threads, json_path, seconds,

@@ -117,6 +117,8 @@ class PruneConfig:
         verify_sessions: fresh session pairs the final speed measurement runs in.
         verify_seconds: wall-clock budget of one final speed measurement.
         overrides: per-node rules, in order; for each node the first matching rule applies.
+        save_plan: where to write the plan of the written model (``onnxprune apply`` replays it
+            without timing); None: no plan.
     """
 
     speedup: float | None = None
@@ -146,6 +148,7 @@ class PruneConfig:
     verify_sessions: int = 5
     verify_seconds: float = 6.0
     overrides: tuple[NodeOverride, ...] = ()
+    save_plan: Path | None = None
 
     def override_for(self, node_names: tuple[str, ...] | list[str]) -> NodeOverride | None:
         """The first per-node rule matching any of ``node_names``, or None."""

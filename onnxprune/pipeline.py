@@ -34,6 +34,7 @@ from onnxprune.fidelity import Fidelity, FidelityBound, describe
 from onnxprune.graph.candidates import Candidate, GraphAnalysis, SkippedNode, ensure_node_names
 from onnxprune.graph.candidates import find_candidates as _find_candidates
 from onnxprune.graph.load import load_model, save_model_atomic, stamp_ir_version
+from onnxprune.graph.precision import LowPrecision, widen
 from onnxprune.graph.shapes import BoundInputs, bind_input_shapes
 from onnxprune.latency.measure import SpeedResult
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight, is_fast_on
@@ -51,6 +52,10 @@ from onnxprune.structures.context import discover_and_attach, layouts_for
 from onnxprune.verify import check_exact
 
 logger = logging.getLogger("onnxprune")
+
+LOW_PRECISION_RTOL = 3e-2
+"""Exactness tolerance of an fp16/bf16 output against the float32 masked-dense reference: the
+half-precision rounding of weights and activations, not a rewrite error (float32: 1e-3)."""
 
 @dataclass
 class LayerResult:
@@ -275,6 +280,7 @@ class Analysed:
     analysis: GraphAnalysis
     candidates: tuple[Candidate, ...]
     options: Mapping[str, Sequence[LayoutOption]]
+    precision: LowPrecision | None = None
 
 
 @dataclass(frozen=True)
@@ -338,7 +344,7 @@ def prune(
         _configured_layouts(config), runner=data.runner, fit=data.fit,
         verify_scorer=(fidelity_scorer(data.runner, data.verify)
                        if data.runner is not None and data.verify is not None else None),
-        progress=progress,
+        progress=progress, precision=graph.precision,
     )
     if problem is None:
         return _uniform(graph, data, database, realizer, report, config, out_path, started)
@@ -356,7 +362,10 @@ def prune(
 def _analyse(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[Analysed, Report]:
     """Load, bind shapes, find candidates and structures, and the options of each candidate."""
     # Stamped once with an IR version the installed ORT reads: every session below uses it.
-    model = stamp_ir_version(ensure_node_names(load_model(in_path)))
+    original = stamp_ir_version(ensure_node_names(load_model(in_path)))
+    # fp16/bf16: every stage works on the float32 twin; the output is lowered back and timed
+    # against the original (see graph/precision.py).
+    model, precision = widen(original)
     bound_shapes = bind_input_shapes(model, config.shapes)
     provider = resolve_provider(config.provider)
     runtime = RuntimeConfig(provider=provider, threads=config.threads)
@@ -365,6 +374,12 @@ def _analyse(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[Analys
     report = Report(str(in_path), None if config.dry_run else str(out_path), mode,
                     config.speedup, provider, config.threads, bound_shapes.shapes())
     report.notes.extend(bound_shapes.notes)
+    if precision is not None:
+        _check_runtime_runs(original, runtime, precision, in_path)
+        report.notes.append(
+            f"{precision.name} model: solved in float32, written back in {precision.name}; "
+            "per-layer times are from the float32 twin, the final speedup is measured on the "
+            f"{precision.name} graph")
     report.size_before = in_path.stat().st_size
 
     analysis = _find_candidates(model, bound_shapes)
@@ -397,9 +412,25 @@ def _analyse(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[Analys
             f"{layouts[0]} gives no speedup on {provider} (ONNX Runtime does not skip zeros): "
             "expect compression or a TensorRT speedup only"
         )
-    graph = Analysed(model, model.SerializeToString(), bound_shapes, runtime, mode, analysis,
-                     tuple(candidates), options)
+    graph = Analysed(model, original.SerializeToString(), bound_shapes, runtime, mode, analysis,
+                     tuple(candidates), options, precision)
     return graph, report
+
+
+def _check_runtime_runs(model: onnx.ModelProto, runtime: RuntimeConfig,
+                        precision: LowPrecision, path: Path) -> None:
+    """Refuse a half-precision model the EP cannot run (ORT's CPU EP has no bfloat16 MatMul or
+    Conv): the output would be timed and deployed on that EP, so nothing useful can be written."""
+    from onnxprune.runtime import make_session
+
+    try:
+        make_session(model, runtime)
+    except Exception as exc:  # noqa: BLE001 - ORT raises several types for "cannot run"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path}: ONNX Runtime ({runtime.provider}) cannot run this {precision.name} model "
+            f"({first}); onnxprune prunes only models the runtime runs — convert it to float32 "
+            "or float16, or choose a --provider that supports it") from None
 
 
 def _calibrate(graph: Analysed, config: PruneConfig, report: Report,
@@ -622,13 +653,20 @@ def _finish(attempt: Attempt, report: Report, realizer: Realizer, calib: CalibSe
         report.notes.append("every node stayed dense: nothing was pruned")
     reference = realizer.runner or StitchedRunner(realizer.model, realizer.candidates)
     check_feed = calib.batches[0] if calib is not None else realizer.timing_feeds["synthetic"]
-    report.exactness = check_exact(attempt.pruned, reference, attempt.weights, check_feed)
+    report.exactness = check_exact(attempt.pruned, reference, attempt.weights, check_feed,
+                                   **({"rtol": LOW_PRECISION_RTOL} if realizer.precision else {}))
     report.fidelity = attempt.fidelity
     if report.bound is not None and attempt.fidelity is not None:
         report.within_bound = report.bound.holds(attempt.fidelity)
     report.measured = attempt.measured
     save_model_atomic(attempt.pruned, out_path)
     report.written = True
+    if realizer.config.save_plan is not None:
+        from onnxprune.plan import make_plan, write_plan
+
+        write_plan(make_plan(Path(report.input_path), realizer.config, calib, report.fingerprint,
+                             realizer.candidates, attempt.chosen, out_path),
+                   realizer.config.save_plan)
     report.size_after = out_path.stat().st_size
     report.wall_s = time.monotonic() - started
     return report

@@ -1,8 +1,8 @@
 """Loading and saving models safely.
 
 Every user-facing mistake (missing file, not ONNX, truncated, external data escaping the model's
-folder) becomes a :class:`UserError` with one line of explanation, and saving never leaves a
-half-written output: the model is written to a temporary file next to the target and renamed.
+folder) becomes a :class:`UserError` with one line of explanation. Saving lives in
+:mod:`onnxprune.graph.write` (re-exported here): it never leaves a half-written output.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -18,6 +17,10 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from onnxprune.errors import UserError
+from onnxprune.graph.toposort import toposort_graph
+from onnxprune.graph.write import save_model_atomic
+
+__all__ = ["load_model", "ort_max_ir_version", "save_model_atomic", "stamp_ir_version"]
 
 logger = logging.getLogger("onnxprune")
 
@@ -47,6 +50,10 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if model.ir_version <= 0 or not model.graph.output or not model.graph.node:
         raise UserError(f"{model_path} is not a valid ONNX model (no graph, outputs or nodes)")
     _load_external_data(model, model_path)
+    if toposort_graph(model.graph):
+        # ORT sorts the nodes itself and runs such a model; so must we (e.g. the output of
+        # onnxruntime's float16 converter lists its input Casts last).
+        logger.info("%s: nodes were not in topological order; sorted them", model_path)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -121,39 +128,3 @@ def stamp_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
     """Lower the model's IR version to what the installed ORT reads (never raise it)."""
     model.ir_version = min(model.ir_version, ort_max_ir_version())
     return model
-
-
-def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
-    """Write ``model`` to ``path`` atomically: a temp file in the same folder, then a rename.
-
-    Models above protobuf's 2 GiB limit are written with their weights in one external data file
-    ``<name>.data`` next to the model (also renamed into place).
-    """
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    big = model.ByteSize() > 1_900_000_000
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    data_name = f"{out.name}.data"
-    tmp_data = out.parent / f".{data_name}.tmp"
-    try:
-        if big:
-            onnx.save_model(
-                model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                location=tmp_data.name, size_threshold=1024,
-            )
-            # The model refers to the final data name; rewrite locations before the rename.
-            for tensor in _external_tensors(model):
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = data_name
-            onnx.save_model(model, str(tmp), save_as_external_data=False)
-            os.replace(tmp_data, out.parent / data_name)
-        else:
-            onnx.save_model(model, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_data.unlink(missing_ok=True)
-    return out
