@@ -19,7 +19,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxprune.graph.inline import subgraph_attrs
 from onnxprune.graph.shapes import BoundInputs, infer_tensor_shapes
+from onnxprune.graph.subgraphs import explain_subgraph_nodes
 
 if TYPE_CHECKING:
     from onnxprune.structures.context import StructureContext
@@ -331,9 +333,10 @@ def find_candidates(model: onnx.ModelProto, bound: BoundInputs) -> GraphAnalysis
     biases: dict[tuple, list[np.ndarray | None]] = {}
     total_macs = 0
 
+    body_reasons = explain_subgraph_nodes(model)
     for node in model.graph.node:
-        if node.op_type in SUBGRAPH_OPS:
-            skipped.extend(_subgraph_skips(node))
+        if node.name in body_reasons:
+            skipped.extend(_subgraph_skips(node, body_reasons[node.name], model))
             continue
         if node.op_type not in HEAVY_OPS:
             continue
@@ -391,28 +394,28 @@ def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
-def _subgraph_skips(node: onnx.NodeProto) -> list[SkippedNode]:
-    """Heavy nodes inside If/Loop/Scan bodies: reported, never pruned."""
+def _subgraph_skips(node: onnx.NodeProto, reason: str,
+                    model: onnx.ModelProto) -> list[SkippedNode]:
+    """Heavy nodes inside If/Loop/Scan bodies: reported with their weight and ``reason``
+    (:func:`~onnxprune.graph.subgraphs.explain_subgraph_nodes`), never pruned."""
     found = []
+    weights: dict[str, list[int]] = {}
 
     def visit(graph: onnx.GraphProto) -> None:
+        weights.update({t.name: list(t.dims) for t in graph.initializer})
         for inner in graph.node:
             if inner.op_type in HEAVY_OPS:
-                found.append(SkippedNode(
-                    inner.name, inner.op_type,
-                    f"inside the {node.op_type} node {node.name!r}: subgraphs are not pruned",
-                ))
-            for attr in inner.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    visit(attr.g)
-                for sub in attr.graphs:
-                    visit(sub)
+                weight = inner.input[1] if len(inner.input) > 1 else ""
+                dims = weights.get(weight)
+                what = f"weight {weight!r}" + (
+                    f" [{'x'.join(map(str, dims))}]" if dims is not None else "")
+                found.append(SkippedNode(inner.name, inner.op_type, f"{what} {reason}"))
+            for sub in subgraph_attrs(inner):
+                visit(sub)
 
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            visit(attr.g)
-        for sub in attr.graphs:
-            visit(sub)
+    weights.update({t.name: list(t.dims) for t in model.graph.initializer})
+    for sub in subgraph_attrs(node):
+        visit(sub)
     return found
 
 
