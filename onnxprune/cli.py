@@ -83,18 +83,35 @@ def cli() -> None:
     """
 
 
-def _load(model_path: str):
+def _load(model_path: str, fixes: tuple[str, ...] = ()):
+    return _load_fixed(model_path, fixes).model
+
+
+def _load_fixed(model_path: str, fixes: tuple[str, ...]):
+    """The model with --fix inputs pinned and the If nodes they decide folded (graph/fold.py)."""
+    from dataclasses import replace
+
     from onnxprune.graph.candidates import ensure_node_names
+    from onnxprune.graph.fold import apply_fixes, parse_fix_specs
     from onnxprune.graph.load import load_model
 
-    return ensure_node_names(load_model(model_path))
+    fixed = apply_fixes(load_model(model_path), parse_fix_specs(fixes))
+    return replace(fixed, model=ensure_node_names(fixed.model))
+
+
+_fix_option = click.option(
+    "--fix", "fixes", multiple=True, metavar="NAME=VALUE",
+    help="Pin input NAME to a constant (a number or a comma list, read as the input's dtype), "
+         "e.g. sample_rate=16000 (repeatable). If nodes it decides are folded to their taken "
+         "branch, whose weights are then pruned; the input is removed from the written model.")
 
 
 @cli.command()
 @click.argument("model_path", metavar="MODEL")
 @_common_options
+@_fix_option
 def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: int | None,
-            json_path: str | None) -> None:
+            json_path: str | None, fixes: tuple[str, ...]) -> None:
     """List the prunable nodes of MODEL (by MACs), the channel structures found (channel chains,
     FFN neurons, attention heads), and every skipped node or structure-less producer with its
     reason."""
@@ -108,11 +125,13 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     requested = parse_shape_specs(shapes)
     from onnxprune.structures.context import discover_and_attach
 
-    model = _load(model_path)
+    fixed = _load_fixed(model_path, fixes)
+    model = fixed.model
     analysis = find_candidates(model, bind_input_shapes(model, requested))
     found = discover_and_attach(model, analysis, analysis.candidates)[3] \
         if analysis.candidates else None
     report = analysis_to_json(analysis, model_path, found)
+    report["fixed"] = fixed.to_json()
     if json_path != "-":
         render_inspect(out_console, report)
     if json_path:
@@ -127,8 +146,10 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Latency-table cache folder (default: the user cache folder).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@_fix_option
 def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: int | None,
-            json_path: str | None, layouts: str, cache_dir: Path | None, quiet: bool) -> None:
+            json_path: str | None, layouts: str, cache_dir: Path | None, quiet: bool,
+            fixes: tuple[str, ...]) -> None:
     """Time every prunable node of MODEL and its layout options on the provider.
 
     Prints per node the dense time, its share of the total, the fastest option, the predicted vs
@@ -139,7 +160,7 @@ def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     _setup_logging(0, quiet)
     run_profile(model_path, shapes=shapes, provider=provider, threads=threads,
                 json_path=json_path, layouts=layouts, cache_dir=cache_dir, quiet=quiet,
-                console=out_console, load=_load)
+                console=out_console, load=lambda path: _load(path, fixes))
 
 
 @cli.command()
@@ -217,13 +238,14 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
               help="Latency-table cache folder (default: the user cache folder).")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and the final summary.")
 @click.option("--verbose", "-v", count=True, help="More detail (-vv for debug).")
+@_fix_option
 def prune(input_path: str, output_path: str, speedup: float | None, sparsity: float | None,
           nm: str | None, layouts: str, calib_dir: Path | None, calib_reader: str | None,
           calib_samples: int, shapes: tuple[str, ...], provider: str, threads: int | None,
           json_path: str | None, exclude: str | None, seed: int, search_budget: str,
           max_error: float, max_accuracy_drop: float | None, no_fidelity_bound: bool,
           verify_sessions: int, dry_run: bool, best_effort: bool, sparse_storage: bool,
-          cache_dir: Path | None, quiet: bool, verbose: int) -> int:
+          cache_dir: Path | None, quiet: bool, verbose: int, fixes: tuple[str, ...]) -> int:
     """Prune IN to run --speedup S times faster on the provider and write OUT.
 
     Exit 0 promises both sides: the speedup is measured, not estimated (OUT is timed against IN in
@@ -246,6 +268,7 @@ def prune(input_path: str, output_path: str, speedup: float | None, sparsity: fl
         max_accuracy_drop=max_accuracy_drop, fidelity_bound=not no_fidelity_bound,
         verify_sessions=verify_sessions, dry_run=dry_run, best_effort=best_effort,
         sparse_storage=sparse_storage, cache_dir=cache_dir, quiet=quiet, console=out_console,
+        fixes=fixes,
     )
 
 

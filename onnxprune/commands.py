@@ -42,7 +42,9 @@ def _layouts(text: str) -> tuple[str, ...]:
 def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layouts, calib_dir,
               calib_reader, calib_samples, shapes, provider, threads, json_path, exclude, seed,
               search_budget, max_error, max_accuracy_drop, fidelity_bound, verify_sessions,
-              dry_run, best_effort, sparse_storage, cache_dir, quiet, console: Console) -> int:
+              dry_run, best_effort, sparse_storage, cache_dir, quiet, console: Console,
+              fixes: tuple[str, ...] = ()) -> int:
+    from onnxprune.graph.fold import parse_fix_specs
     from onnxprune.pipeline import prune
     from onnxprune.report.jsonio import write_json
     from onnxprune.report.summary import render_report, report_to_json
@@ -56,7 +58,7 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
         best_effort=best_effort, search_budget=seconds, search_evaluations=evaluations,
         cache_dir=cache_dir, sparse_storage=sparse_storage, max_error=max_error,
         max_accuracy_drop=max_accuracy_drop, fidelity_bound=fidelity_bound,
-        verify_sessions=verify_sessions,
+        verify_sessions=verify_sessions, fix=parse_fix_specs(fixes),
     )
     if calib_dir is not None and not Path(calib_dir).exists():
         raise UserError(f"calibration folder not found: {calib_dir}")

@@ -35,6 +35,9 @@ class PruneConfig:
         provider: execution provider (short or full ORT name).
         threads: intra-op threads used for timing and verification (None: ORT's default).
         shapes: deployment input shapes by input name.
+        fix: inputs pinned to a constant by name (``--fix NAME=VALUE``): a number, a list, or
+            text such as ``"16000"`` / ``"1,2"``, read as the input's declared dtype. They are
+            folded away (with the ``If`` nodes they decide) and removed from the written model.
         calib_dir: calibration folder (.npz batches or .npy per input); None = data-free proxy.
         calib_reader: ``module:callable`` returning an ORT ``CalibrationDataReader``.
         calib_samples: cap on calibration samples read.
@@ -66,6 +69,7 @@ class PruneConfig:
     provider: str = DEFAULT_PROVIDER
     threads: int | None = None
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    fix: dict[str, object] = field(default_factory=dict)
     calib_dir: Path | None = None
     calib_reader: str | None = None
     calib_samples: int = 512
@@ -110,6 +114,9 @@ class PruneConfig:
             raise UserError(f"--max-error must be greater than 0 (got {self.max_error})")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise UserError("--max-accuracy-drop must be at least 0 points")
+        if overlap := sorted(set(self.fix) & set(self.shapes)):
+            raise UserError(f"input {overlap[0]!r} is given both --fix and --shape; a pinned "
+                            "input is removed from the model, so drop its --shape")
         if self.verify_sessions < 1:
             raise UserError("--verify-sessions must be at least 1")
 

@@ -34,9 +34,10 @@ def _condition() -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     return nodes, [threshold]
 
 
-def matmul_switch() -> onnx.ModelProto:
+def matmul_switch(head: bool = True) -> onnx.ModelProto:
     """x[batch, 16] -> If(sr > 12000: MatMul-Relu-MatMul with branch-local weights, else one
-    MatMul with an outer weight) -> MatMul -> y[batch, 4]."""
+    MatMul with an outer weight) -> MatMul -> y[batch, 4]; without ``head`` the If's output is
+    the model's (every weight is then inside the If)."""
     cond_nodes, inits = _condition()
     then = _branch("wide", [
         helper.make_node("MatMul", ["x", "W_wide1"], ["h"], name="wide_fc1"),
@@ -47,11 +48,14 @@ def matmul_switch() -> onnx.ModelProto:
         helper.make_node("MatMul", ["x", "W_narrow"], ["h"], name="narrow_fc"),
     ], "h", ["batch", 8])
     nodes = [*cond_nodes,
-             helper.make_node("If", ["is_wide"], ["feat"], name="rate_switch",
-                              then_branch=then, else_branch=other),
-             helper.make_node("MatMul", ["feat", "W_out"], ["y"], name="head")]
-    return make_model(nodes, [tensor("x", ["batch", 16]), _sr_input()], [tensor("y", ["batch", 4])],
-                      [*inits, _init("W_narrow", 16, 8), _init("W_out", 8, 4)])
+             helper.make_node("If", ["is_wide"], ["feat" if head else "y"], name="rate_switch",
+                              then_branch=then, else_branch=other)]
+    inits += [_init("W_narrow", 16, 8)]
+    if head:
+        nodes.append(helper.make_node("MatMul", ["feat", "W_out"], ["y"], name="head"))
+        inits.append(_init("W_out", 8, 4))
+    return make_model(nodes, [tensor("x", ["batch", 16]), _sr_input()],
+                      [tensor("y", ["batch", 4 if head else 8])], inits)
 
 
 def conv_switch() -> onnx.ModelProto:
