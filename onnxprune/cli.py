@@ -171,8 +171,11 @@ def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
               help="Time budget for the interleaved runs, over all sessions.")
 @click.option("--sessions", type=int, default=5, show_default=True,
               help="Fresh session pairs to measure in (latency varies between sessions).")
+@click.option("--fix", "fixes", multiple=True, metavar="NAME=VALUE",
+              help="Pin an input of A as prune --fix did (B, written with it, lacks the input).")
 def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
-          threads: int | None, json_path: str | None, seconds: float, sessions: int) -> None:
+          threads: int | None, json_path: str | None, seconds: float, sessions: int,
+          fixes: tuple[str, ...]) -> None:
     """Measure how much faster B runs than A.
 
     Each of --sessions fresh session pairs runs A and B interleaved and gives the median of the
@@ -182,7 +185,7 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
 
     run_bench(model_a, model_b, shapes=shapes, provider=provider, threads=threads,
               json_path=json_path, seconds=seconds, sessions=sessions, console=out_console,
-              load=_load)
+              load=lambda path: _load(path, fixes if path == model_a else ()))
 
 
 @cli.command()

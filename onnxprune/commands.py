@@ -103,7 +103,9 @@ def run_bench(model_a: str, model_b: str, *, shapes, provider, threads, json_pat
     names_a = sorted(i.name for i in graph_inputs(a))
     names_b = sorted(i.name for i in graph_inputs(b))
     if names_a != names_b:
-        raise UserError(f"the models have different inputs: {names_a} vs {names_b}")
+        raise UserError(f"the models have different inputs: {names_a} vs {names_b}"
+                        + (" (B was written with prune --fix? pass the same --fix NAME=VALUE "
+                           "here to pin A's input)" if set(names_b) < set(names_a) else ""))
     runtime = RuntimeConfig(provider=resolve_provider(provider), threads=threads)
     feed = synthetic_feed(bound.as_tuples())
     result = bench_sessions(load_bytes(a), load_bytes(b), {"synthetic": feed}, runtime,

@@ -191,3 +191,14 @@ def test_loop_model_is_declined_with_the_reason(tmp_path, cli):
     text = " ".join(result.stderr.split())
     assert "step_fc" in text and "Loop node 'recur'" in text and "once per iteration" in text
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_bench_pins_a_with_the_same_fix(tmp_path, cli):
+    src = _save(sm.matmul_switch(), tmp_path / "in.onnx")
+    out = _save(apply_fixes(sm.matmul_switch(), {"sr": 16000}).model, tmp_path / "out.onnx")
+    result = cli("bench", str(src), str(out), "--seconds", "0.2", "--sessions", "1")
+    assert result.returncode == 2 and "pass the same --fix NAME=VALUE" in result.stderr
+    result = cli("bench", str(src), str(out), "--fix", "sr=16000", "--seconds", "0.2",
+                 "--sessions", "1", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["inputs"] == {"x": [1, 16]}

@@ -236,6 +236,7 @@ def apply_fixes(model: onnx.ModelProto, fixes: Mapping[str, object] | None = Non
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:  # a bug here, never the user's mistake
         raise RuntimeError(f"folding the pinned inputs made an invalid model: {exc}") from exc
+    notes = list(dict.fromkeys(notes))  # a failure repeats once per round
     for note in notes:
         logger.info(note)
     return FixResult(model, pinned, tuple(folded), tuple(notes))

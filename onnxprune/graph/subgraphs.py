@@ -100,8 +100,9 @@ def _if_reason(where: str, decided_by: frozenset[str],
                inputs: Mapping[str, onnx.ValueInfoProto]) -> str:
     head = f"inside a branch of {where}"
     if not decided_by:
-        return (f"{head}: its condition depends on no input but could not be folded to a constant "
-                "(see the notes)")
+        return (f"{head}: its condition depends on no input (pinned ones included) but was not "
+                "folded to a constant: an op on its way is not evaluated (custom domain, random, "
+                "or ONNX Runtime failed on it; see the notes)")
     small = sorted(n for n in decided_by if n in inputs and _is_small(inputs[n]))
     data = sorted(n for n in decided_by if n not in small)
     if not data:
