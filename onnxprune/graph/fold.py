@@ -236,6 +236,8 @@ def apply_fixes(model: onnx.ModelProto, fixes: Mapping[str, object] | None = Non
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:  # a bug here, never the user's mistake
         raise RuntimeError(f"folding the pinned inputs made an invalid model: {exc}") from exc
+    except ValueError:  # over protobuf's 2 GiB: the checker needs a file; ORT checks on load
+        logger.debug("model too large to check in memory after folding")
     notes = list(dict.fromkeys(notes))  # a failure repeats once per round
     for note in notes:
         logger.info(note)
@@ -290,6 +292,8 @@ def _fold_constants(model: onnx.ModelProto, pinned: set[str]) -> tuple[int, str 
         return 0, None
     graph_outputs = {o.name for o in graph.output}
     wanted = [o for node in chosen for o in node.output if o and o not in graph_outputs]
+    if not wanted:
+        return 0, None
     try:
         values = _evaluate(model, chosen, wanted)
     except Exception as exc:  # noqa: BLE001 - ORT raises many types; the If stays, with a reason

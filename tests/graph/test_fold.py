@@ -157,3 +157,46 @@ def test_pinned_values_take_the_declared_dtype_and_shape():
     text = helper.make_tensor_value_info("text", TensorProto.STRING, [])
     with pytest.raises(UserError, match="not a numeric tensor"):
         pinned_value("text", "a", text)
+
+
+def _with_condition(nodes: list[onnx.NodeProto], extra: list[onnx.TensorProto] = (),
+                    domain: str | None = None) -> onnx.ModelProto:
+    """matmul_switch with its ``sr > 12000`` check replaced by ``nodes`` (ending in is_wide)."""
+    model = sm.matmul_switch()
+    kept = [n for n in model.graph.node if n.name != "rate_check"]
+    del model.graph.node[:]
+    model.graph.node.extend([*nodes, *kept])
+    model.graph.initializer.extend(extra)
+    if domain:
+        model.opset_import.append(helper.make_opsetid(domain, 1))
+    return model
+
+
+def test_arithmetic_on_the_pinned_input_folds_and_other_uses_stay_exact():
+    scale = numpy_helper.from_array(np.array(0.001, np.float32), "to_khz")
+    limit = numpy_helper.from_array(np.array(12.0, np.float32), "limit")
+    model = _with_condition([
+        helper.make_node("Cast", ["sr"], ["sr_f"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["sr_f", "to_khz"], ["khz"], name="khz"),
+        helper.make_node("Greater", ["khz", "limit"], ["is_wide"], name="rate_check"),
+    ], [scale, limit])
+    # The rate also scales the output at run time: that use must keep working once pinned.
+    model.graph.node.append(helper.make_node("Mul", ["y_raw", "khz"], ["y"], name="scale_out"))
+    head = next(n for n in model.graph.node if n.name == "head")
+    head.output[0] = "y_raw"
+    onnx.checker.check_model(model)
+    fixed = apply_fixes(model, {"sr": 16000})
+    assert {n.op_type for n in fixed.model.graph.node} == {"MatMul", "Relu", "Mul"}
+    x = _x(model)
+    want = _run(model, {"x": x, "sr": np.array(16000, np.int64)})[0]
+    np.testing.assert_array_equal(_run(fixed.model, {"x": x})[0], want)
+
+
+def test_condition_through_a_custom_op_is_not_folded_and_says_why():
+    model = _with_condition([helper.make_node("RateCheck", ["sr"], ["is_wide"],
+                                              name="rate_check", domain="custom.ops")],
+                            domain="custom.ops")
+    fixed = apply_fixes(model, {"sr": 16000})
+    assert not fixed.folded
+    reasons = {s.reason for s in _analyse(fixed.model).skipped}
+    assert reasons and all("depends on no input (pinned ones included)" in r for r in reasons)
