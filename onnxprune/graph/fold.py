@@ -179,7 +179,7 @@ def _fit_shape(info: onnx.ValueInfoProto, count: int) -> tuple[int, ...] | None:
         return tuple(fixed) if known == count else None  # type: ignore[arg-type]
     if count % known:
         return None
-    # One dynamic dim takes what the fixed ones leave; several are 1 except when only 1 fits.
+    # One dynamic dim takes what the fixed ones leave; several must all be 1.
     rest = count // known
     shape = [d if d is not None else 1 for d in fixed]
     if len(dynamic) == 1:

@@ -200,3 +200,23 @@ def test_condition_through_a_custom_op_is_not_folded_and_says_why():
     assert not fixed.folded
     reasons = {s.reason for s in _analyse(fixed.model).skipped}
     assert reasons and all("depends on no input (pinned ones included)" in r for r in reasons)
+
+
+def test_branch_returning_its_own_initializer_goes_through_an_identity():
+    from tests.models import make_model, tensor
+
+    then = helper.make_graph([], "t", [], [tensor("table", [4])],
+                             [numpy_helper.from_array(np.arange(4, dtype=np.float32), "table")])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["xx"], name="id")], "e", [],
+                              [tensor("xx", [4])])
+    model = make_model(
+        [helper.make_node("Greater", ["sr", "threshold"], ["c"], name="check"),
+         helper.make_node("If", ["c"], ["o"], name="sw", then_branch=then, else_branch=other),
+         helper.make_node("Add", ["o", "x"], ["y"], name="add")],
+        [tensor("x", [4]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [tensor("y", [4])], [numpy_helper.from_array(np.array(5, np.int64), "threshold")])
+    fixed = apply_fixes(model, {"sr": 9})
+    assert [n.op_type for n in fixed.model.graph.node] == ["Identity", "Add"]
+    x = np.ones(4, np.float32)
+    want = _run(model, {"x": x, "sr": np.array(9, np.int64)})[0]
+    np.testing.assert_array_equal(_run(fixed.model, {"x": x})[0], want)
