@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune.graph.inline import subgraph_attrs
 from onnxprune.graph.shapes import BoundInputs, infer_tensor_shapes
-from onnxprune.graph.subgraphs import explain_subgraph_nodes
+from onnxprune.graph.subgraphs import body_node_shapes, explain_subgraph_nodes
 
 if TYPE_CHECKING:
     from onnxprune.structures.context import StructureContext
@@ -334,9 +334,15 @@ def find_candidates(model: onnx.ModelProto, bound: BoundInputs) -> GraphAnalysis
     total_macs = 0
 
     body_reasons = explain_subgraph_nodes(model)
+    body_shapes = body_node_shapes(model, bound) if body_reasons else {}
     for node in model.graph.node:
         if node.name in body_reasons:
-            skipped.extend(_subgraph_skips(node, body_reasons[node.name], model))
+            per_body = [_subgraph_skips(body, body_reasons[node.name], model, body_shapes)
+                        for body in subgraph_attrs(node)]
+            skipped.extend(s for inside in per_body for s in inside)
+            # One If branch runs per model run; every other body's nodes all run.
+            sums = [sum(s.macs for s in inside) for inside in per_body]
+            total_macs += (max(sums) if node.op_type == "If" else sum(sums)) if sums else 0
             continue
         if node.op_type not in HEAVY_OPS:
             continue
@@ -394,9 +400,11 @@ def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
-def _subgraph_skips(node: onnx.NodeProto, reason: str,
-                    model: onnx.ModelProto) -> list[SkippedNode]:
-    """Heavy nodes inside If/Loop/Scan bodies: reported with their weight and ``reason``
+def _subgraph_skips(body: onnx.GraphProto, reason: str, model: onnx.ModelProto,
+                    shapes: Mapping[str, tuple[Mapping[str, tuple[int, ...]], int]],
+                    ) -> list[SkippedNode]:
+    """Heavy nodes inside one If branch or Loop/Scan body (nested ones included): reported with
+    their weight, their MACs (per model run, when the shapes are known) and ``reason``
     (:func:`~onnxprune.graph.subgraphs.explain_subgraph_nodes`), never pruned."""
     found = []
     weights: dict[str, list[int]] = {}
@@ -409,13 +417,14 @@ def _subgraph_skips(node: onnx.NodeProto, reason: str,
                 dims = weights.get(weight)
                 what = f"weight {weight!r}" + (
                     f" [{'x'.join(map(str, dims))}]" if dims is not None else "")
-                found.append(SkippedNode(inner.name, inner.op_type, f"{what} {reason}"))
+                scope, runs = shapes.get(inner.name, ({}, 1))
+                found.append(SkippedNode(inner.name, inner.op_type, f"{what} {reason}",
+                                         _heavy_macs(inner, scope) * runs))
             for sub in subgraph_attrs(inner):
                 visit(sub)
 
     weights.update({t.name: list(t.dims) for t in model.graph.initializer})
-    for sub in subgraph_attrs(node):
-        visit(sub)
+    visit(body)
     return found
 
 

@@ -10,12 +10,17 @@ no pin helps.
 
 from __future__ import annotations
 
+import logging
+from collections import ChainMap
 from collections.abc import Mapping
 
 import numpy as np
 import onnx
 
 from onnxprune.graph.inline import subgraph_attrs
+from onnxprune.graph.shapes import BoundInputs, with_bound_inputs
+
+logger = logging.getLogger("onnxprune")
 
 SMALL_INPUT_ELEMENTS = 16
 """An input of at most this many elements (or rank <= 1) looks like a setting one can pin, such as
@@ -64,13 +69,64 @@ def _is_small(info: onnx.ValueInfoProto) -> bool:
     return all(s > 0 for s in sizes) and int(np.prod(sizes)) <= SMALL_INPUT_ELEMENTS
 
 
-def _loop_trips(node: onnx.NodeProto, model: onnx.ModelProto) -> str:
+def _trip_count(node: onnx.NodeProto, graph: onnx.GraphProto) -> int | None:
+    """A Loop's constant trip count (an initializer of ``graph``), else None."""
     if node.op_type != "Loop" or not node.input or not node.input[0]:
-        return ""
-    for tensor in model.graph.initializer:
+        return None
+    for tensor in graph.initializer:
         if tensor.name == node.input[0]:
-            return f" (trip count {int(onnx.numpy_helper.to_array(tensor).reshape(-1)[0])})"
-    return ""
+            return int(onnx.numpy_helper.to_array(tensor).reshape(-1)[0])
+    return None
+
+
+def _loop_trips(node: onnx.NodeProto, model: onnx.ModelProto) -> str:
+    trips = _trip_count(node, model.graph)
+    return f" (trip count {trips})" if trips is not None else ""
+
+
+def _known(value: onnx.ValueInfoProto) -> tuple[int, ...] | None:
+    tensor_type = value.type.tensor_type
+    if not value.type.HasField("tensor_type") or not tensor_type.HasField("shape"):
+        return None
+    dims = tensor_type.shape.dim
+    if all(d.HasField("dim_value") for d in dims):
+        return tuple(d.dim_value for d in dims)
+    return None
+
+
+def body_node_shapes(
+    model: onnx.ModelProto, bound: BoundInputs,
+) -> dict[str, tuple[Mapping[str, tuple[int, ...]], int]]:
+    """Per node inside a body: the tensor shapes visible in its scope at the bound input shapes,
+    and how many times it runs per model run (the product of enclosing constant trip counts;
+    1 when unknown), so the report can count the MACs left in bodies.
+
+    Branches may reuse a local name with another shape, so each body gets its own scope.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(with_bound_inputs(model, bound),
+                                                     data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - without shapes the MACs are just unknown
+        logger.debug("shape inference of bodies failed: %s", exc)
+        return {}
+    found: dict[str, tuple[Mapping[str, tuple[int, ...]], int]] = {}
+
+    def visit(graph: onnx.GraphProto, outer: Mapping[str, tuple[int, ...]], runs: int,
+              top: bool) -> None:
+        scope = ChainMap({}, outer)
+        for value in [*graph.input, *graph.value_info, *graph.output]:
+            if (known := _known(value)) is not None:
+                scope[value.name] = known
+        scope.update({t.name: tuple(t.dims) for t in graph.initializer})
+        for node in graph.node:
+            if not top:
+                found[node.name] = (scope, runs)
+            trips = _trip_count(node, graph)
+            for sub in subgraph_attrs(node):
+                visit(sub, scope, runs * (trips if trips else 1), False)
+
+    visit(inferred.graph, {**bound.shapes()}, 1, True)
+    return found
 
 
 def explain_subgraph_nodes(model: onnx.ModelProto) -> dict[str, str]:

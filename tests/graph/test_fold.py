@@ -107,6 +107,14 @@ def test_reasons_name_the_input_to_pin():
     assert "'W_wide1' [16x32]" in reasons["wide_fc1"]
 
 
+def test_macs_left_in_branches_are_counted_once_per_if():
+    analysis = _analyse(sm.matmul_switch())  # batch bound to 1
+    macs = {s.node: s.macs for s in analysis.skipped}
+    assert macs == {"wide_fc1": 16 * 32, "wide_fc2": 32 * 8, "narrow_fc": 16 * 8}
+    # Only one branch runs: the total has the head and the larger branch, not both branches.
+    assert analysis.total_macs == 8 * 4 + 16 * 32 + 32 * 8
+
+
 def test_data_dependent_if_says_no_pin_helps():
     reasons = {s.node: s.reason for s in _analyse(sm.data_switch()).skipped}
     assert set(reasons) == {"pos_fc", "neg_fc"}
