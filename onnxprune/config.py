@@ -35,9 +35,6 @@ class PruneConfig:
         provider: execution provider (short or full ORT name).
         threads: intra-op threads used for timing and verification (None: ORT's default).
         shapes: deployment input shapes by input name.
-        fix: inputs pinned to a constant by name (``--fix NAME=VALUE``): a number, a list, or
-            text such as ``"16000"`` / ``"1,2"``, read as the input's declared dtype. They are
-            folded away (with the ``If`` nodes they decide) and removed from the written model.
         calib_dir: calibration folder (.npz batches or .npy per input); None = data-free proxy.
         calib_reader: ``module:callable`` returning an ORT ``CalibrationDataReader``.
         calib_samples: cap on calibration samples read.
@@ -59,6 +56,9 @@ class PruneConfig:
         fidelity_bound: False turns the bound off (fidelity is still measured and reported).
         verify_sessions: fresh session pairs the final speed measurement runs in.
         verify_seconds: wall-clock budget of one final speed measurement.
+        fix: inputs pinned to a constant by name (``--fix NAME=VALUE``): a number, a list, or
+            text such as ``"16000"`` / ``"1,2"``, read as the input's declared dtype. They are
+            folded away (with the ``If`` nodes they decide) and removed from the written model.
     """
 
     speedup: float | None = None
@@ -69,7 +69,6 @@ class PruneConfig:
     provider: str = DEFAULT_PROVIDER
     threads: int | None = None
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    fix: dict[str, object] = field(default_factory=dict)
     calib_dir: Path | None = None
     calib_reader: str | None = None
     calib_samples: int = 512
@@ -88,6 +87,7 @@ class PruneConfig:
     fidelity_bound: bool = True
     verify_sessions: int = 5
     verify_seconds: float = 6.0
+    fix: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         modes = sum(x is not None for x in (self.speedup, self.sparsity, self.nm))
