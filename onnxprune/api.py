@@ -151,6 +151,7 @@ def prune(
     sparse_storage: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     save_plan: str | os.PathLike[str] | None = None,
+    fix: Mapping[str, object] | None = None,
     progress: bool | Progress = False,
 ) -> PruneResult:
     """Prune a model to run ``speedup`` times faster (measured) on the provider.
@@ -203,6 +204,8 @@ def prune(
         cache_dir: latency-table cache folder (None: the user cache folder).
         save_plan: also write the plan of the written model here (JSON; ``onnxprune apply``
             re-materializes it byte-identically without timing).
+        fix: inputs pinned to a constant, ``{"sr": 16000}``: folded away with the ``If`` nodes
+            they decide, and removed from the written model (see ``docs/subgraphs.md``).
         progress: True shows progress on stderr (bars on a terminal, lines otherwise); or a
             ``(stage, done, total)`` callback; False: silent.
 
@@ -238,6 +241,7 @@ def prune(
         verify_sessions=verify_sessions, verify_seconds=verify_seconds,
         overrides=tuple(_override(o, i) for i, o in enumerate(node_overrides, 1)),
         save_plan=Path(save_plan) if save_plan is not None else None,
+        fix=dict(fix or {}),
     )
     return prune_with_config(model_input, model_output, config, calibration_data_reader,
                              progress)
@@ -414,6 +418,7 @@ def profile(
     threads: int | None = None,
     layouts: Sequence[str] | str = (),
     cache_dir: str | os.PathLike[str] | None = None,
+    fix: Mapping[str, object] | None = None,
     progress: bool | Progress = False,
 ) -> ProfileResult:
     """Time every prunable node and its layout options; the reachable speedup (Amdahl bound).
@@ -425,6 +430,7 @@ def profile(
         threads: intra-op threads (None: ORT's default).
         layouts: layouts considered (default: those fast on the provider).
         cache_dir: latency-table cache folder (None: the user cache folder).
+        fix: inputs pinned to a constant (folded away, as :func:`prune` does).
         progress: True shows progress on stderr; or a ``(stage, done, total)`` callback.
 
     Returns:
@@ -434,6 +440,7 @@ def profile(
 
     from onnxprune.allocate.budget import problem_from_table
     from onnxprune.graph.candidates import ensure_node_names, find_candidates
+    from onnxprune.graph.fold import apply_fixes
     from onnxprune.graph.load import load_model
     from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs
     from onnxprune.latency.table import build_latency_table
@@ -443,9 +450,11 @@ def profile(
     from onnxprune.structures.context import discover_and_attach, layouts_for
 
     if isinstance(model_input, onnx.ModelProto):
-        model, model_name = ensure_node_names(model_input), "<onnx.ModelProto>"
+        model, model_name = model_input, "<onnx.ModelProto>"
     else:
-        model, model_name = ensure_node_names(load_model(model_input)), str(model_input)
+        model, model_name = load_model(model_input), str(model_input)
+    fixed = apply_fixes(model, dict(fix or {}))
+    model = ensure_node_names(fixed.model)
     bound = bind_input_shapes(model, _shapes(shapes, parse_shape_specs))
     runtime = RuntimeConfig(provider=resolve_provider(provider), threads=threads)
     for name in _names(layouts):
@@ -499,7 +508,8 @@ def profile(
         nodes=tuple(ProfiledNode(r["name"], r["op"], r["role"], r["dense_s"], r["fastest"],
                                  r["fastest_s"], r["structure"]) for r in rows),
         amdahl_bound=problem.amdahl_bound, amdahl_bound_spread=problem.bound_spread,
-        dense_total_s=table.dense_total_s, base_s=table.base_s, notes=tuple(bound.notes),
+        dense_total_s=table.dense_total_s, base_s=table.base_s,
+        notes=tuple(bound.notes) + tuple(fixed.notes),
         data=data,
     )
 

@@ -85,18 +85,35 @@ def cli() -> None:
     """
 
 
-def _load(model_path: str):
+def _load(model_path: str, fixes: tuple[str, ...] = ()):
+    return _load_fixed(model_path, fixes).model
+
+
+def _load_fixed(model_path: str, fixes: tuple[str, ...]):
+    """The model with --fix inputs pinned and the If nodes they decide folded (graph/fold.py)."""
+    from dataclasses import replace
+
     from onnxprune.graph.candidates import ensure_node_names
+    from onnxprune.graph.fold import apply_fixes, parse_fix_specs
     from onnxprune.graph.load import load_model
 
-    return ensure_node_names(load_model(model_path))
+    fixed = apply_fixes(load_model(model_path), parse_fix_specs(fixes))
+    return replace(fixed, model=ensure_node_names(fixed.model))
+
+
+_fix_option = click.option(
+    "--fix", "fixes", multiple=True, metavar="NAME=VALUE",
+    help="Pin input NAME to a constant (a number or a comma list, read as the input's dtype), "
+         "e.g. sample_rate=16000 (repeatable). If nodes it decides are folded to their taken "
+         "branch, whose weights are then pruned; the input is removed from the written model.")
 
 
 @cli.command()
 @click.argument("model_path", metavar="MODEL")
 @_common_options
+@_fix_option
 def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: int | None,
-            json_path: str | None) -> None:
+            json_path: str | None, fixes: tuple[str, ...]) -> None:
     """List the prunable nodes of MODEL (by MACs), the channel structures found (channel chains,
     FFN neurons, attention heads), and every skipped node or structure-less producer with its
     reason."""
@@ -111,11 +128,13 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     requested = parse_shape_specs(shapes)
     from onnxprune.structures.context import discover_and_attach
 
-    model = widen(_load(model_path))[0]  # fp16/bf16: analysed as prune sees it (float32 twin)
+    fixed = _load_fixed(model_path, fixes)
+    model = widen(fixed.model)[0]  # fp16/bf16: analysed as prune sees it (float32 twin)
     analysis = find_candidates(model, bind_input_shapes(model, requested))
     found = discover_and_attach(model, analysis, analysis.candidates)[3] \
         if analysis.candidates else None
     report = analysis_to_json(analysis, model_path, found)
+    report["fixed"] = fixed.to_json()
     if json_path != "-":
         render_inspect(out_console, report)
     if json_path:
@@ -134,9 +153,10 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--log-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE", help="Write progress as JSON lines (one object per event) to FILE.")
+@_fix_option
 def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: int | None,
             json_path: str | None, layouts: str, cache_dir: Path | None, quiet: bool,
-            log_json: Path | None, html_path: str | None = None) -> None:
+            log_json: Path | None, fixes: tuple[str, ...], html_path: str | None = None) -> None:
     """Time every prunable node of MODEL and its layout options on the provider.
 
     Prints per node the dense time, its share of the total, the fastest option, the predicted vs
@@ -147,7 +167,7 @@ def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     _setup_logging(0, quiet)
     run_profile(model_path, shapes=shapes, provider=provider, threads=threads,
                 json_path=json_path, layouts=layouts, cache_dir=cache_dir, quiet=quiet,
-                console=out_console, log_json=log_json, html_path=html_path)
+                console=out_console, log_json=log_json, html_path=html_path, fixes=fixes)
 
 
 @cli.command()
@@ -158,8 +178,11 @@ def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
               help="Time budget for the interleaved runs, over all sessions.")
 @click.option("--sessions", type=int, default=5, show_default=True,
               help="Fresh session pairs to measure in (latency varies between sessions).")
+@click.option("--fix", "fixes", multiple=True, metavar="NAME=VALUE",
+              help="Pin an input of A as prune --fix did (B, written with it, lacks the input).")
 def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
-          threads: int | None, json_path: str | None, seconds: float, sessions: int) -> None:
+          threads: int | None, json_path: str | None, seconds: float, sessions: int,
+          fixes: tuple[str, ...]) -> None:
     """Measure how much faster B runs than A.
 
     Each of --sessions fresh session pairs runs A and B interleaved and gives the median of the
@@ -169,7 +192,7 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
 
     run_bench(model_a, model_b, shapes=shapes, provider=provider, threads=threads,
               json_path=json_path, seconds=seconds, sessions=sessions, console=out_console,
-              load=_load)
+              load=lambda path: _load(path, fixes if path == model_a else ()))
 
 
 @cli.command()
@@ -234,6 +257,7 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
 @click.option("--log-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE", help="Write progress as JSON lines (one object per event) to FILE.")
 @config_file_options
+@_fix_option
 @click.pass_context
 def prune(ctx: click.Context, input_path: str, output_path: str, speedup: float | None,
           sparsity: float | None,
@@ -244,7 +268,7 @@ def prune(ctx: click.Context, input_path: str, output_path: str, speedup: float 
           verify_sessions: int, dry_run: bool, best_effort: bool, sparse_storage: bool,
           cache_dir: Path | None, quiet: bool, verbose: int, log_json: Path | None,
           config: Path | None, print_config: bool, html_path: str | None = None,
-          save_plan: Path | None = None) -> int:
+          save_plan: Path | None = None, fixes: tuple[str, ...] = ()) -> int:
     """Prune IN to run --speedup S times faster on the provider and write OUT.
 
     Exit 0 promises both sides: the speedup is measured, not estimated (OUT is timed against IN in
@@ -277,6 +301,7 @@ def prune(ctx: click.Context, input_path: str, output_path: str, speedup: float 
         log_json=log_json, node_overrides=node_overrides(ctx),
         html_path=html_path,
         save_plan=save_plan,
+        fixes=fixes,
     )
 
 

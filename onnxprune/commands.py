@@ -29,9 +29,11 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
               search_budget, max_error, max_accuracy_drop, fidelity_bound, verify_sessions,
               dry_run, best_effort, sparse_storage, cache_dir, quiet, console: Console,
               log_json: Path | None = None, node_overrides: Sequence[NodeOverride] = (),
-              html_path: str | None = None, save_plan: Path | None = None) -> int:
+              html_path: str | None = None, save_plan: Path | None = None,
+              fixes: tuple[str, ...] = ()) -> int:
     """``onnxprune prune``: the API call, then the summary, the JSON, and the exit code."""
     from onnxprune.api import prune
+    from onnxprune.graph.fold import parse_fix_specs
     from onnxprune.report.html import check_html_path
     from onnxprune.report.jsonio import write_json
     from onnxprune.report.summary import render_report, report_to_json
@@ -47,7 +49,8 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
                 max_accuracy_drop=max_accuracy_drop, fidelity_bound=fidelity_bound,
                 verify_sessions=verify_sessions, dry_run=dry_run, best_effort=best_effort,
                 sparse_storage=sparse_storage, cache_dir=cache_dir,
-                node_overrides=node_overrides, save_plan=save_plan, progress=progress,
+                node_overrides=node_overrides, save_plan=save_plan,
+                fix=parse_fix_specs(fixes), progress=progress,
             )
     except TargetUnreachableError as exc:
         if json_path and exc.report is not None:  # pipelines read why, and what was reachable
@@ -114,7 +117,9 @@ def run_bench(model_a: str, model_b: str, *, shapes, provider, threads, json_pat
     names_a = sorted(i.name for i in graph_inputs(a))
     names_b = sorted(i.name for i in graph_inputs(b))
     if names_a != names_b:
-        raise UserError(f"the models have different inputs: {names_a} vs {names_b}")
+        raise UserError(f"the models have different inputs: {names_a} vs {names_b}"
+                        + (" (B was written with prune --fix? pass the same --fix NAME=VALUE "
+                           "here to pin A's input)" if set(names_b) < set(names_a) else ""))
     runtime = RuntimeConfig(provider=resolve_provider(provider), threads=threads)
     feed = synthetic_feed(bound.as_tuples())
     result = bench_sessions(load_bytes(a), load_bytes(b), {"synthetic": feed}, runtime,
@@ -145,15 +150,17 @@ def load_bytes(model) -> bytes:
 
 def run_profile(model_path: str, *, shapes, provider, threads, json_path, layouts, cache_dir,
                 quiet, console: Console, log_json: Path | None = None,
-                html_path: str | None = None) -> None:
+                html_path: str | None = None, fixes: tuple[str, ...] = ()) -> None:
     """``onnxprune profile``: the API call, then the table and the JSON."""
     from onnxprune.api import profile
+    from onnxprune.graph.fold import parse_fix_specs
     from onnxprune.report.jsonio import write_json
     from onnxprune.report.profile import render_profile
 
     with progress_bars(quiet, log_json) as progress:
         result = profile(model_path, shapes=shapes, provider=provider, threads=threads,
-                         layouts=layouts, cache_dir=cache_dir, progress=progress)
+                         layouts=layouts, cache_dir=cache_dir, fix=parse_fix_specs(fixes),
+                         progress=progress)
     data = result.to_json()
     if json_path != "-":
         render_profile(console, data, result.notes)

@@ -119,6 +119,9 @@ class PruneConfig:
         overrides: per-node rules, in order; for each node the first matching rule applies.
         save_plan: where to write the plan of the written model (``onnxprune apply`` replays it
             without timing); None: no plan.
+        fix: inputs pinned to a constant by name (``--fix NAME=VALUE``): a number, a list, or
+            text such as ``"16000"`` / ``"1,2"``, read as the input's declared dtype. They are
+            folded away (with the ``If`` nodes they decide) and removed from the written model.
     """
 
     speedup: float | None = None
@@ -149,6 +152,7 @@ class PruneConfig:
     verify_seconds: float = 6.0
     overrides: tuple[NodeOverride, ...] = ()
     save_plan: Path | None = None
+    fix: dict[str, object] = field(default_factory=dict)
 
     def override_for(self, node_names: tuple[str, ...] | list[str]) -> NodeOverride | None:
         """The first per-node rule matching any of ``node_names``, or None."""
@@ -179,6 +183,9 @@ class PruneConfig:
             raise UserError(f"--max-error must be greater than 0 (got {self.max_error})")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise UserError("--max-accuracy-drop must be at least 0 points")
+        if overlap := sorted(set(self.fix) & set(self.shapes)):
+            raise UserError(f"input {overlap[0]!r} is given both --fix and --shape; a pinned "
+                            "input is removed from the model, so drop its --shape")
         if self.verify_sessions < 1:
             raise UserError("--verify-sessions must be at least 1")
 

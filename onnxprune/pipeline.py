@@ -33,6 +33,7 @@ from onnxprune.errors import TargetUnreachableError, UserError
 from onnxprune.fidelity import Fidelity, FidelityBound, describe
 from onnxprune.graph.candidates import Candidate, GraphAnalysis, SkippedNode, ensure_node_names
 from onnxprune.graph.candidates import find_candidates as _find_candidates
+from onnxprune.graph.fold import apply_fixes
 from onnxprune.graph.load import load_model, save_model_atomic, stamp_ir_version
 from onnxprune.graph.precision import LowPrecision, widen
 from onnxprune.graph.shapes import BoundInputs, bind_input_shapes
@@ -361,8 +362,10 @@ def prune(
 
 def _analyse(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[Analysed, Report]:
     """Load, bind shapes, find candidates and structures, and the options of each candidate."""
-    # Stamped once with an IR version the installed ORT reads: every session below uses it.
-    original = stamp_ir_version(ensure_node_names(load_model(in_path)))
+    # Pinned inputs (--fix) folded first: the dense reference of every comparison is IN with them
+    # pinned. Stamped once with an IR version the installed ORT reads: every session uses it.
+    fixed = apply_fixes(load_model(in_path), config.fix)
+    original = stamp_ir_version(ensure_node_names(fixed.model))
     # fp16/bf16: every stage works on the float32 twin; the output is lowered back and timed
     # against the original (see graph/precision.py).
     model, precision = widen(original)
@@ -374,6 +377,7 @@ def _analyse(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[Analys
     report = Report(str(in_path), None if config.dry_run else str(out_path), mode,
                     config.speedup, provider, config.threads, bound_shapes.shapes())
     report.notes.extend(bound_shapes.notes)
+    report.notes.extend(fixed.notes)
     if precision is not None:
         _check_runtime_runs(original, runtime, precision, in_path)
         report.notes.append(

@@ -19,7 +19,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxprune.graph.inline import subgraph_attrs
 from onnxprune.graph.shapes import BoundInputs, infer_tensor_shapes
+from onnxprune.graph.subgraphs import body_node_shapes, explain_subgraph_nodes
 
 if TYPE_CHECKING:
     from onnxprune.structures.context import StructureContext
@@ -331,9 +333,16 @@ def find_candidates(model: onnx.ModelProto, bound: BoundInputs) -> GraphAnalysis
     biases: dict[tuple, list[np.ndarray | None]] = {}
     total_macs = 0
 
+    body_reasons = explain_subgraph_nodes(model)
+    body_shapes = body_node_shapes(model, bound) if body_reasons else {}
     for node in model.graph.node:
-        if node.op_type in SUBGRAPH_OPS:
-            skipped.extend(_subgraph_skips(node))
+        if node.name in body_reasons:
+            per_body = [_subgraph_skips(body, body_reasons[node.name], model, body_shapes)
+                        for body in subgraph_attrs(node)]
+            skipped.extend(s for inside in per_body for s in inside)
+            # One If branch runs per model run; every other body's nodes all run.
+            sums = [sum(s.macs for s in inside) for inside in per_body]
+            total_macs += (max(sums) if node.op_type == "If" else sum(sums)) if sums else 0
             continue
         if node.op_type not in HEAVY_OPS:
             continue
@@ -391,28 +400,31 @@ def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
-def _subgraph_skips(node: onnx.NodeProto) -> list[SkippedNode]:
-    """Heavy nodes inside If/Loop/Scan bodies: reported, never pruned."""
+def _subgraph_skips(body: onnx.GraphProto, reason: str, model: onnx.ModelProto,
+                    shapes: Mapping[str, tuple[Mapping[str, tuple[int, ...]], int]],
+                    ) -> list[SkippedNode]:
+    """Heavy nodes inside one If branch or Loop/Scan body (nested ones included): reported with
+    their weight, their MACs (per model run, when the shapes are known) and ``reason``
+    (:func:`~onnxprune.graph.subgraphs.explain_subgraph_nodes`), never pruned."""
     found = []
+    weights: dict[str, list[int]] = {}
 
     def visit(graph: onnx.GraphProto) -> None:
+        weights.update({t.name: list(t.dims) for t in graph.initializer})
         for inner in graph.node:
             if inner.op_type in HEAVY_OPS:
-                found.append(SkippedNode(
-                    inner.name, inner.op_type,
-                    f"inside the {node.op_type} node {node.name!r}: subgraphs are not pruned",
-                ))
-            for attr in inner.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    visit(attr.g)
-                for sub in attr.graphs:
-                    visit(sub)
+                weight = inner.input[1] if len(inner.input) > 1 else ""
+                dims = weights.get(weight)
+                what = f"weight {weight!r}" + (
+                    f" [{'x'.join(map(str, dims))}]" if dims is not None else "")
+                scope, runs = shapes.get(inner.name, ({}, 1))
+                found.append(SkippedNode(inner.name, inner.op_type, f"{what} {reason}",
+                                         _heavy_macs(inner, scope) * runs))
+            for sub in subgraph_attrs(inner):
+                visit(sub)
 
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            visit(attr.g)
-        for sub in attr.graphs:
-            visit(sub)
+    weights.update({t.name: list(t.dims) for t in model.graph.initializer})
+    visit(body)
     return found
 
 

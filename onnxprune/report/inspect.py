@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from onnxprune.graph.candidates import GraphAnalysis
@@ -64,8 +65,8 @@ def render_inspect(console: Console, report: dict) -> None:
     """Print the inspect report as tables."""
     inputs = ", ".join(f"{k}={_shape(v)}" for k, v in report["inputs"].items())
     console.print(f"[bold]{report['model']}[/bold]  inputs: {inputs}")
-    for note in report["notes"]:
-        console.print(f"[yellow]note:[/yellow] {note}")
+    for note in [*report["notes"], *(report.get("fixed") or {}).get("notes", [])]:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}")
     table = Table(title=f"Prunable nodes ({len(report['candidates'])})", title_justify="left")
     for column in ("node", "op", "weight", "activation", "MACs", "share", "weight from"):
         table.add_column(column, justify="right" if column in ("MACs", "share") else "left",
