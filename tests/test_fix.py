@@ -19,7 +19,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from onnxprune import PruneConfig, prune
+from onnxprune import PruneConfig
+from onnxprune.pipeline import prune
 from onnxprune.cli import main
 from onnxprune.errors import UserError
 from onnxprune.graph.fold import apply_fixes

@@ -14,7 +14,8 @@ import pytest
 from onnx import TensorProto
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from onnxprune import PruneConfig, prune
+from onnxprune import PruneConfig
+from onnxprune.pipeline import prune
 from onnxprune.errors import UserError
 from onnxprune.graph.load import ort_max_ir_version
 
