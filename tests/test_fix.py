@@ -20,10 +20,10 @@ import pytest
 from onnx import numpy_helper
 
 from onnxprune import PruneConfig
-from onnxprune.pipeline import prune
 from onnxprune.cli import main
 from onnxprune.errors import UserError
 from onnxprune.graph.fold import apply_fixes
+from onnxprune.pipeline import prune
 from tests.graph import subgraph_models as sm
 
 QUICK = {"verify_sessions": 1, "verify_seconds": 0.3}

@@ -15,8 +15,8 @@ import pytest
 from onnx import numpy_helper
 
 from onnxprune import PruneConfig
-from onnxprune.pipeline import prune
 from onnxprune.errors import UserError
+from onnxprune.pipeline import prune
 from onnxprune.plan import read_plan
 from onnxprune.replay import apply_plan
 
