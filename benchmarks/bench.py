@@ -61,8 +61,10 @@ class Plan:
     Attributes:
         targets: ``--speedup`` targets; "max" adds 0.9 x the Amdahl bound.
         levels: uniform sparsities and onnxsim ratios (the sweep the baselines interpolate in).
-        seconds / repeats: ``onnxprune bench`` budget per process, and fresh processes per model.
-        search_budget: onnxprune's ``--search-budget``.
+        seconds / repeats: ``onnxprune bench`` budget per process, and fresh processes per
+            onnxprune point (baseline points get one: they are many, and only interpolated).
+        search_budget / verify_sessions: onnxprune's ``--search-budget`` and
+            ``--verify-sessions`` (its own check; every point is re-measured anyway).
         shapes: overrides the registry's deployment shapes.
         onnxsim: False skips the peer (the quick run).
     """
@@ -71,27 +73,28 @@ class Plan:
     levels: tuple[float, ...]
     seconds: float = 2.0
     repeats: int = 2
-    search_budget: str = "10"
+    search_budget: str = "5"
+    verify_sessions: int = 3
     shapes: tuple[str, ...] | None = None
     onnxsim: bool = True
     uniform: bool = True
 
 
-LEVELS = (0.25, 0.5, 0.75, 0.875)
+# Budget (quiet 2-core VM, from the wall times in docs/contract.md): digits ~4 min each, MNIST
+# ~6, MiniLM ~8 (a run takes 2-3 min: 2 targets), EfficientNet ~6 (1x224²: 3 targets).
+LEVELS = (0.25, 0.5, 0.75)
 FULL: dict[str, Plan] = {
-    "digits_mlp": Plan((1.25, 1.5, 2, 3, "max"), LEVELS),
-    "digits_cnn": Plan((1.25, 1.5, 2, 3, "max"), LEVELS),
-    "digits_transformer": Plan((1.25, 1.5, 2, "max"), LEVELS),
-    "mnist": Plan((1.25, 1.5, 2, 3, "max"), LEVELS, seconds=3),
-    # The slow ones: a MiniLM run takes 2-3 min, so fewer targets and levels (see docs).
-    "minilm": Plan((1.5, 2, "max"), (0.25, 0.5, 0.75), seconds=4, repeats=1, search_budget="5"),
-    "effnet": Plan((1.25, 1.5, 2, "max"), (0.25, 0.5, 0.75), seconds=3,
-                   shapes=("input=1x3x224x224",)),
+    "digits_mlp": Plan((1.25, 1.5, 2, 3, "max"), (*LEVELS, 0.875), seconds=1.5),
+    "digits_cnn": Plan((1.25, 1.5, 2, 3, "max"), (*LEVELS, 0.875), seconds=1.5),
+    "digits_transformer": Plan((1.25, 1.5, 2, "max"), LEVELS, seconds=1.5),
+    "mnist": Plan((1.25, 1.5, 2, 3, "max"), (*LEVELS, 0.875)),
+    "minilm": Plan((1.5, "max"), LEVELS, seconds=3),
+    "effnet": Plan((1.25, 2, "max"), LEVELS, seconds=2, shapes=("input=1x3x224x224",)),
 }
 QUICK: dict[str, Plan] = {
-    "digits_mlp": Plan((2,), (), onnxsim=False, uniform=False),
-    "digits_cnn": Plan((2,), (), onnxsim=False, uniform=False),
-    "mnist": Plan((2,), (), seconds=3, onnxsim=False, uniform=False),
+    "digits_mlp": Plan((2,), (), seconds=1.5, onnxsim=False, uniform=False),
+    "digits_cnn": Plan((2,), (), seconds=1.5, onnxsim=False, uniform=False),
+    "mnist": Plan((2,), (), onnxsim=False, uniform=False),
 }
 # The number each model is judged by (first) and the others printed with it.
 METRICS = {
@@ -131,10 +134,10 @@ def score(model: Model, path: Path) -> dict[str, float]:
     return build_benchmarks.score(kind, path, BENCH)
 
 
-def measure(model: Model, path: Path, threads: int) -> list[float]:
+def measure(model: Model, path: Path, threads: int, repeats: int) -> list[float]:
     """Speedup of ``path`` over the dense model, one ``onnxprune bench`` process per repeat."""
     speedups = []
-    for _ in range(model.plan.repeats):
+    for _ in range(repeats):
         result = speedup_targets.cli(
             "bench", str(model.path), str(path), *model.shape_args, "--threads", str(threads),
             "--seconds", str(model.plan.seconds), "--json", "-")
@@ -147,7 +150,8 @@ def measure(model: Model, path: Path, threads: int) -> list[float]:
 def finish(model: Model, point: dict, out: Path, threads: int) -> dict:
     """Re-measure and score a written model; the point says why when nothing was written."""
     if out.exists():
-        point["bench"] = measure(model, out, threads)
+        repeats = model.plan.repeats if point["method"].startswith("onnxprune") else 1
+        point["bench"] = measure(model, out, threads, repeats)
         point["speedup"] = sorted(point["bench"])[len(point["bench"]) // 2]
         point["metric"] = score(model, out)
         out.unlink()
@@ -229,7 +233,7 @@ def bench_model(model: Model, threads: int) -> dict:
                 label = "onnxprune"
             run_onnxprune(model, tmp, threads, float(target), label, "--speedup", str(target),
                           *calib, "--no-fidelity-bound", "--best-effort", "--search-budget",
-                          plan.search_budget)
+                          plan.search_budget, "--verify-sessions", str(plan.verify_sessions))
         for level in plan.levels if plan.uniform else ():
             run_onnxprune(model, tmp, threads, level, "uniform magnitude", "--sparsity",
                           str(level), "--layouts", "structure", "--verify-sessions", "1")
@@ -241,7 +245,8 @@ def bench_model(model: Model, threads: int) -> dict:
     return {"model": model.name, "dense": dense, "bound": bound, "shapes": model.shapes,
             "plan": {"targets": [str(t) for t in plan.targets], "levels": list(plan.levels),
                      "seconds": plan.seconds, "repeats": plan.repeats,
-                     "search_budget": plan.search_budget},
+                     "search_budget": plan.search_budget,
+                     "verify_sessions": plan.verify_sessions},
             "headline": METRICS[model.name][0], "eval_samples": EVAL_SAMPLES[model.name],
             "points": model.points, "wall_s": round(time.monotonic() - started, 1)}
 
@@ -300,8 +305,8 @@ def main() -> None:
         plan = plans[name]
         if args.tiny:
             plan = Plan(plan.targets[:1], plan.levels[1:3], seconds=0.5, repeats=1,
-                        search_budget="0", shapes=plan.shapes, onnxsim=plan.onnxsim,
-                        uniform=plan.uniform)
+                        search_budget="0", verify_sessions=1, shapes=plan.shapes,
+                        onnxsim=plan.onnxsim, uniform=plan.uniform)
         if not path.exists():
             print(f"skip {name}: {path} not built (make bench-models)")
             continue

@@ -168,8 +168,10 @@ def markdown(results: dict, image: str) -> str:
         lines += [f"## {TITLES.get(model['model'], model['model'])}", "",
                   f"Dense: {dense}. Amdahl bound (`onnxprune profile`): {bound}. Levels "
                   f"{', '.join(f'{x:.0%}' for x in plan['levels'])}; `onnxprune bench "
-                  f"--seconds {plan['seconds']:g}` × {plan['repeats']} processes; search budget "
-                  f"{plan['search_budget']} s; model wall time {model['wall_s'] / 60:.1f} min.",
+                  f"--seconds {plan['seconds']:g}` in {plan['repeats']} processes per onnxprune "
+                  f"point, 1 per baseline point; `--search-budget {plan['search_budget']}"
+                  f" --verify-sessions {plan.get('verify_sessions', 5)}`; model wall time "
+                  f"{model['wall_s'] / 60:.1f} min.",
                   "", *table, "", "<details><summary>every run</summary>", "",
                   *points_table(model), "", "</details>", ""]
     lines += ["## Where onnxprune is not ahead", ""]
