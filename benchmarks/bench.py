@@ -284,9 +284,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="results JSON")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs",
                         help="where benchmarks.md and img/ go (full run)")
+    parser.add_argument("--baseline", type=Path, default=ROOT / "benchmarks" / "baseline.json",
+                        help="the guard's record (--quick)")
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="only write docs/benchmarks.md and the plots from a results JSON")
     args = parser.parse_args()
+    if args.record and not args.quick:
+        parser.error("--record stores the --quick run's headlines: add --quick")
     if args.render is not None:
         bench_report.write(json.loads(args.render.read_text()), args.docs)
         return
@@ -320,8 +324,10 @@ def main() -> None:
     if not args.quick:
         bench_report.write(results, args.docs)
         return
-    baseline = ROOT / "benchmarks" / "baseline.json"
+    baseline = args.baseline
     if args.record:
+        if args.tiny:
+            sys.exit("not recorded: a --tiny run measures nothing worth guarding")
         bench_guard.record(results, baseline)
         print(f"recorded {baseline}")
         return
