@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,7 +90,9 @@ FULL: dict[str, Plan] = {
     "digits_transformer": Plan((1.25, 1.5, 2, "max"), LEVELS, seconds=1.5),
     "mnist": Plan((1.25, 1.5, 2, 3, "max"), (*LEVELS, 0.875)),
     "minilm": Plan((1.5, "max"), LEVELS, seconds=3),
-    "effnet": Plan((1.25, 2, "max"), LEVELS, seconds=2, shapes=("input=1x3x224x224",)),
+    # Lite0 loses top-1 fast (docs/contract-effnet.md): lower levels say more than 75%.
+    "effnet": Plan((1.25, 2, "max"), (0.125, 0.25, 0.5), seconds=2,
+                   shapes=("input=1x3x224x224",)),
 }
 QUICK: dict[str, Plan] = {
     "digits_mlp": Plan((2,), (), seconds=1.5, onnxsim=False, uniform=False),
@@ -152,7 +155,7 @@ def finish(model: Model, point: dict, out: Path, threads: int) -> dict:
     if out.exists():
         repeats = model.plan.repeats if point["method"].startswith("onnxprune") else 1
         point["bench"] = measure(model, out, threads, repeats)
-        point["speedup"] = sorted(point["bench"])[len(point["bench"]) // 2]
+        point["speedup"] = statistics.median(point["bench"])
         point["metric"] = score(model, out)
         out.unlink()
     print(json.dumps({"model": model.name, **point}), flush=True)

@@ -104,10 +104,12 @@ def main() -> None:
     declined: set[str] = set()
     for method in args.methods.split(","):
         for ratio in (float(r) for r in args.ratios.split(",")):
-            if method.split("+")[0] in declined:
-                continue  # the ridge refit only refits what Wanda pruned: nothing here
+            if method in declined:
+                break  # what a ratio of nothing removes does not depend on the ratio
             started = time.monotonic()
-            pruned = prune_with_onnxsim(model, method, ratio, calib)
+            # The ridge refit only refits what Wanda pruned: nothing, where Wanda declined.
+            pruned = (model if method.split("+")[0] in declined
+                      else prune_with_onnxsim(model, method, ratio, calib))
             after = weight_count(pruned)
             if after < before:
                 onnx.checker.check_model(pruned)

@@ -18,6 +18,7 @@ STYLE = {  # method -> (colour, marker): one look per method in every panel
     "uniform + recon": ("tab:blue", "^"), "onnxsim magnitude": ("tab:olive", "s"),
     "onnxsim wanda": ("tab:green", "D"), "onnxsim wanda+ridge": ("tab:purple", "P"),
 }
+X_TICKS = (1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 UNITS = {
     "accuracy": "accuracy on held-out test set",
     "agreement": "top-1 agreement with dense",
@@ -184,6 +185,7 @@ def plot(results: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     models = results["models"]
     cols = 2 if len(models) > 1 else 1
@@ -203,8 +205,19 @@ def plot(results: dict, path: Path) -> None:
         if model["bound"] is not None:
             ax.axvline(model["bound"], color="black", linestyle="--", linewidth=1,
                        label="Amdahl bound")
+        gave_up = [m for m in BASELINES if declined(model, m)]
+        if gave_up:  # lower left: slow and inaccurate, where no curve goes
+            ax.text(0.02, 0.03, "\n".join(f"{m}: {declined(model, m)}" for m in gave_up),
+                    transform=ax.transAxes, fontsize=8.5, color="dimgray", va="bottom")
+        # Log scale: the bound can sit at 10-20x while every method's points are below 5x.
+        ax.set_xscale("log", base=2)
+        right = ax.get_xlim()[1]
+        ticks = [t for t in X_TICKS if t <= right and (right < 6 or t != 1.25)]  # no overlap
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}×"))
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_title(TITLES.get(model["model"], model["model"]), fontsize=11)
-        ax.set_xlabel("measured speedup over dense (×, onnxprune bench)")
+        ax.set_xlabel("measured speedup over dense (log scale, onnxprune bench)")
         ax.set_ylabel(UNITS.get(key, key))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(models):]:
