@@ -4,8 +4,9 @@ A headline is one onnxprune point of the quick run: model @ target -> (measured 
 metric). It regresses when it falls below the recorded one by more than the measured noise:
 
 * speed: the relative spread of the ``onnxprune bench`` re-measures (fresh processes) in the
-  recorded run and in this one, whichever is larger, and never under ``SPEED_FLOOR`` (what two
-  quiet re-measures of one model differ by on this VM, docs/measurement.md);
+  recorded run and in this one, whichever is larger, and never under ``SPEED_FLOOR``: five
+  repeated ``make demo`` runs on this VM re-measured 2.05-2.26x for one 2x target
+  (docs/measurement.md), so a smaller fall is a slow phase or another allocation, not a bug;
 * metric: two binomial standard errors of the recorded value on the model's evaluation samples
   (``2 * sqrt(p (1 - p) / n)``), and never under one sample (``1 / n``): a different allocation
   that misclassifies one more digit is noise, a lost point of accuracy on 10k images is not.
@@ -21,7 +22,7 @@ import os
 import tempfile
 from pathlib import Path
 
-SPEED_FLOOR = 0.05
+SPEED_FLOOR = 0.10
 
 
 def headlines(results: dict) -> dict[str, dict]:
