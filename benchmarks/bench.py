@@ -182,8 +182,10 @@ def run_onnxprune(model: Model, tmp: Path, threads: int, setting: float, label: 
         # The bound is off in these runs; would the default one (--max-error) have held?
         point["within_bound"] = None if error is None else error <= DEFAULT_MAX_ERROR
         point["in_run"] = (data.get("measured_speedup") or {}).get("speedup")
-    if not out.exists():
-        point["note"] = speedup_targets.error_message(result.stderr)
+    if result.returncode != 0:  # refused, or best effort: its own last line says which
+        lines = (result.stderr + result.stdout).strip().splitlines()
+        point["note"] = (speedup_targets.error_message(result.stderr) if not out.exists()
+                         else lines[-1] if lines else "")
     finish(model, point, out, threads)
 
 
@@ -283,7 +285,7 @@ def main() -> None:
     parser.add_argument("--models", default=None, help="comma-separated subset of the plan")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true",
-                        help="smoke settings (1 target, 2 levels, 0.5 s timings): checks the "
+                        help="smoke settings (1 target + max, 2 levels, 0.5 s timings): checks the "
                              "harness, measures nothing")
     parser.add_argument("--out", type=Path, default=None, help="results JSON")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs",
@@ -312,7 +314,7 @@ def main() -> None:
         path, shapes, calib = speedup_targets.MODELS[name]
         plan = plans[name]
         if args.tiny:
-            plan = Plan(plan.targets[:1], plan.levels[1:3], seconds=0.5, repeats=1,
+            plan = Plan((plan.targets[0], "max"), plan.levels[1:3], seconds=0.5, repeats=1,
                         search_budget="0", verify_sessions=1, shapes=plan.shapes,
                         onnxsim=plan.onnxsim, uniform=plan.uniform)
         if not path.exists():
