@@ -14,6 +14,14 @@ functions, not as CLI flags (``onnxsim --help`` has none). The ones that remove 
 * ``apply_pruning_finetune(original, pruned, calibration_data, reg_param=1e-2)`` — refits every
   surviving MatMul/Gemm (not Conv) as a ridge regression on the dense model's activations.
 
+Why it prunes nothing in the transformers here (digits transformer, MiniLM-L6): its chain walker
+finds no FFN chain when a bias ``Add`` sits between the up-projection MatMul and an erf-GELU —
+which every exported ``Linear`` + GELU has. On a MatMul -> Add(bias) -> erf-GELU -> MatMul graph
+``onnxsim.pruning._find_chains`` finds 0 chains, on the same graph without the bias 1, for both
+GELU orders (onnxsim's ``Mul(Mul(x, a), 0.5)`` and torch 2.13's ``Mul(x, Mul(0.5, a))``). Its head
+pruning only touches fused attention ops, and these exports keep attention as
+MatMul/Softmax/MatMul.
+
 ``sparsity`` is the fraction of channels removed in every matched chain (not global). Methods
 compared here: ``magnitude`` (structured L2 + head pruning), ``wanda`` (their Wanda variants)
 and ``wanda+ridge`` (Wanda, then the ridge finetune). A model where the pruned graph keeps every
