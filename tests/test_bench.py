@@ -74,6 +74,7 @@ def test_report_compares_at_equal_speed_and_says_where_onnxprune_is_behind(tmp_p
     assert cells[7] == "declined"
     assert cells[8] == "not reached (max 1.40x)"
     assert "no" in rows["2x"]
+    assert "Where onnxsim declines: its chain walker finds no FFN chain" in text
     behind = text.split("## Where onnxprune is not ahead")[1]
     assert "digits_mlp at 1.60x: uniform + recon 0.9600 vs onnxprune 0.9700" not in behind
     assert "uniform + recon 0.9600 vs onnxprune 0.9500" in behind
