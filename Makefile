@@ -8,7 +8,7 @@ DEMO_OUT := .cache/demo
 # apt-get needs root: sudo when not already root
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-models test demo models lint format bench bench-models clean chromium report-screenshot
+.PHONY: install install-models test demo models lint format bench bench-quick bench-built bench-contract bench-models clean chromium report-screenshot
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,7 +57,23 @@ lint: install  ## ruff
 format: install
 	$(BIN)/ruff format onnxprune tests models benchmarks
 
-bench: bench-models  ## speed and accuracy tables (docs/*.md); slow, run on a quiet machine
+PEERS_STAMP := $(VENV)/.installed-peers
+BENCH_REAL := $(addprefix .cache/bench/,minilm_l6.onnx mnist_cnn.onnx effnet_lite0.onnx)
+
+$(PEERS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[peers,plot]"
+	touch $@
+
+bench-built: | $(BENCH_STAMP)  # the real benchmark models, built once (bench-models rebuilds)
+	@for f in $(BENCH_REAL); do test -f $$f || { $(BIN)/python models/build_benchmarks.py; break; }; done
+
+bench: bench-built $(PEERS_STAMP)  ## docs/benchmarks.md + docs/img/: every model vs baselines and onnxsim (~30 min, quiet machine)
+	$(BIN)/python benchmarks/bench.py
+
+bench-quick: bench-built $(STAMP)  ## a few minutes: headline numbers vs benchmarks/baseline.json, fails on a regression
+	$(BIN)/python benchmarks/bench.py --quick
+
+bench-contract: bench-models  ## the older tables: layouts, the exit-0 contract, accuracy (docs/*.md); slow
 	$(BIN)/python benchmarks/layout_speed.py
 	$(BIN)/python benchmarks/speedup_targets.py
 	$(BIN)/python benchmarks/accuracy.py
