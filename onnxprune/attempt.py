@@ -19,7 +19,8 @@ from onnxprune.calib import CalibSet
 from onnxprune.config import PruneConfig
 from onnxprune.fidelity import Fidelity, Scorer
 from onnxprune.graph.candidates import Candidate
-from onnxprune.latency.measure import SpeedResult, bench_sessions
+from onnxprune.latency.measure import SpeedResult
+from onnxprune.latency.source import MEASURED, TimingSource
 from onnxprune.layouts.base import Layout, PrunedWeight
 from onnxprune.materialize import materialize
 from onnxprune.reconstruct.stitch import StitchedRunner
@@ -72,6 +73,7 @@ class Realizer:
     fit: CalibSet | None = None
     verify_scorer: Scorer | None = None
     progress: Progress | None = None
+    timing: TimingSource = MEASURED
 
     def realize(self, chosen: Mapping[str, PrunedWeight], goal: float | None = None,
                 predicted: float | None = None) -> Attempt:
@@ -89,9 +91,10 @@ class Realizer:
         """Time ``attempt`` against the dense model in fresh session pairs."""
         if self.progress:
             self.progress("measuring speedup", 0, self.config.verify_sessions)
-        measured = bench_sessions(
+        measured = self.timing.speed(
             self.dense_payload, attempt.pruned, self.timing_feeds, self.runtime,
             sessions=self.config.verify_sessions, seconds=self.config.verify_seconds,
+            chosen=attempt.chosen, predicted=attempt.predicted,
         )
         if self.progress:
             self.progress("measuring speedup", self.config.verify_sessions,

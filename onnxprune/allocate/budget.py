@@ -20,7 +20,8 @@ import onnx
 from onnxprune.allocate.dp import LayerChoices
 from onnxprune.config import PruneConfig
 from onnxprune.graph.candidates import Candidate, GraphAnalysis
-from onnxprune.latency.table import LatencyTable, build_latency_table
+from onnxprune.latency.source import MEASURED, TimingSource
+from onnxprune.latency.table import LatencyTable
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight
 from onnxprune.layouts.registry import LAYOUTS
 from onnxprune.runtime import RuntimeConfig
@@ -156,17 +157,16 @@ def build_problem(
     runtime: RuntimeConfig,
     config: PruneConfig,
     progress: Callable[[str, int, int], None] | None = None,
+    timing: TimingSource = MEASURED,
 ) -> AllocationProblem:
-    """Time every option (cached), then keep only the options worth solving."""
+    """Time every option (cached; or ask ``timing``), then keep only the options worth solving."""
 
     def on_progress(done: int, total: int, description: str) -> None:
         if progress:
             progress("timing layer options", done, total)
 
-    table = build_latency_table(
-        model, analysis, {name: list(opts) for name, opts in options.items()}, runtime,
-        cache_dir=config.cache_dir, progress=on_progress,
-    )
+    table = timing.table(model, analysis, options, runtime, cache_dir=config.cache_dir,
+                         progress=on_progress)
     return problem_from_table(table, candidates)
 
 

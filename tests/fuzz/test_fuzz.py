@@ -1,0 +1,212 @@
+"""The whole pipeline on random graphs: every run is exact against masked-dense, or refused.
+
+Each example builds a random graph (:mod:`tests.fuzz.graphs`), random calibration data and a
+random configuration, and runs :func:`onnxprune.prune` with the seeded synthetic latency source,
+so analysis, structure discovery, options, reconstruction, allocation, materialization and the
+library's own checks all run for real, deterministically and in well under a second. Allowed
+outcomes: a written model that passes ``onnx.checker``, loads in ONNX Runtime, and equals the
+masked-dense model (the input model with the chosen weights written in) on random inputs at
+batch sizes it was not pruned at; or a refusal with exit code 2 or 3 (``UserError``,
+``TargetUnreachableError``) and nothing written. Anything else fails the example.
+
+``make test`` runs ``FUZZ_EXAMPLES`` (default 300) derandomized examples; ``make fuzz`` runs
+thousands with fresh randomness. ``FUZZ_LOG=path`` appends one JSON line per example (family,
+outcome) for the closing table.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from onnx import numpy_helper
+
+from onnxprune import PruneConfig, prune
+from onnxprune.errors import TargetUnreachableError, UserError
+from onnxprune.graph.candidates import ensure_node_names, find_candidates
+from onnxprune.graph.load import stamp_ir_version
+from onnxprune.graph.shapes import bind_input_shapes
+from onnxprune.latency.synthetic import SyntheticTiming
+from tests.fuzz.graphs import STARTS, Recipe, build, random_feed
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
+FUZZ_SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize="FUZZ_EXAMPLES" not in os.environ or os.environ.get("FUZZ_DERANDOMIZE") == "1",
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                           HealthCheck.data_too_large],
+    print_blob=True,
+)
+PRUNE_BATCH = 2
+CHECK_BATCHES = (1, 3)
+
+
+class RecordingTiming(SyntheticTiming):
+    """Synthetic timing that keeps every measured model with its chosen weights, so the test can
+    find the weights of the model that was written and build its masked-dense reference."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.measured: dict[bytes, dict[str, np.ndarray]] = {}
+
+    def speed(self, dense, pruned, feeds, runtime, **kwargs):
+        chosen = kwargs.get("chosen") or {}
+        self.measured[pruned.SerializeToString()] = {n: s.weight for n, s in chosen.items()}
+        return super().speed(dense, pruned, feeds, runtime, **kwargs)
+
+
+recipes = st.builds(
+    Recipe,
+    start=st.sampled_from(STARTS),
+    picks=st.lists(st.integers(0, 8), min_size=1, max_size=4).map(tuple),
+    opset=st.sampled_from([11, 13, 17, 18, 21]),
+    seed=st.integers(0, 2**16),
+    second_output=st.booleans(),
+)
+configs = st.fixed_dictionaries({
+    "mode": st.sampled_from(["speedup", "speedup", "speedup", "sparsity", "nm"]),
+    "speedup": st.sampled_from([1.1, 1.3, 1.6, 2.5, 50.0]),
+    "layout": st.sampled_from(["structure", "channel", "block", "unstructured"]),
+    "sparsity": st.sampled_from([0.25, 0.5, 0.75]),
+    "calib": st.booleans(),
+    "best_effort": st.booleans(),
+    "max_error": st.sampled_from([0.05, 0.3, 10.0]),
+    "search": st.sampled_from([0, 4]),
+})
+
+
+def _config(draw: dict, shapes: dict, calib_dir: Path | None) -> PruneConfig:
+    common = dict(shapes={n: (PRUNE_BATCH, *s[1:]) for n, s in shapes.items()}, threads=1,
+                  calib_dir=calib_dir, best_effort=draw["best_effort"],
+                  max_error=draw["max_error"], verify_sessions=1, verify_seconds=0.0,
+                  search_budget=3600.0 if draw["search"] else 0.0,
+                  search_evaluations=draw["search"] or None, verify_rounds=2)
+    if draw["mode"] == "speedup":
+        return PruneConfig(speedup=draw["speedup"], **common)
+    if draw["mode"] == "nm":
+        return PruneConfig(nm=(2, 4), **common)
+    return PruneConfig(sparsity=draw["sparsity"], layouts=(draw["layout"],), **common)
+
+
+def _write_calib(folder: Path, model: onnx.ModelProto, shapes: dict, seed: int) -> Path:
+    folder.mkdir()
+    for index in range(4):
+        feed = random_feed(model, shapes, batch=3, seed=seed + index)
+        np.savez(folder / f"batch{index}.npz", **feed)
+    return folder
+
+
+def masked_dense(model: onnx.ModelProto, shapes: dict, weights: dict[str, np.ndarray]
+                 ) -> onnx.ModelProto:
+    """The input model with each candidate's chosen canonical weight written into its nodes.
+
+    Canonical weights are MatMul/Gemm W[K, N] with Gemm's transB and alpha folded in, Conv
+    W[O, C/g, kh, kw]; the nodes are pointed at them directly (Gemm's transB and alpha reset).
+    """
+    reference = copy.deepcopy(model)
+    ensure_node_names(reference)
+    analysis = find_candidates(reference, bind_input_shapes(
+        reference, {n: (PRUNE_BATCH, *s[1:]) for n, s in shapes.items()}))
+    nodes = {n.name: n for n in reference.graph.node}
+    for cand in analysis.candidates:
+        if cand.name not in weights:
+            continue
+        tensor = numpy_helper.from_array(weights[cand.name].astype(np.float32),
+                                         f"masked/{cand.name}")
+        reference.graph.initializer.append(tensor)
+        for site in cand.sites:
+            node = nodes[site.node]
+            node.input[1] = tensor.name
+            if node.op_type == "Gemm":
+                kept = [a for a in node.attribute if a.name not in ("transB", "alpha")]
+                del node.attribute[:]
+                node.attribute.extend(kept)
+    return stamp_ir_version(reference)
+
+
+def _run(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, feed)
+
+
+def assert_matches_masked_dense(out: onnx.ModelProto, reference: onnx.ModelProto,
+                                shapes: dict, seed: int) -> None:
+    for batch in CHECK_BATCHES:
+        feed = random_feed(reference, shapes, batch, seed + 100 + batch)
+        got, want = _run(out, feed), _run(reference, feed)
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert a.shape == b.shape
+            scale = max(float(np.max(np.abs(b))), 1e-3)
+            assert float(np.max(np.abs(a - b))) <= 2e-3 * scale, (batch, np.abs(a - b).max())
+
+
+def _log(recipe: Recipe, draw: dict, outcome: str) -> None:
+    family = f"{recipe.start}: {'+'.join(recipe.blocks())}"
+    event(f"{recipe.start} {draw['mode']}: {outcome.split(':')[0]}")
+    path = os.environ.get("FUZZ_LOG")
+    if path:
+        with open(path, "a") as log:
+            log.write(json.dumps({"family": family, "opset": recipe.opset, "mode": draw["mode"],
+                                  "calib": draw["calib"], "outcome": outcome}) + "\n")
+
+
+def check_one(recipe: Recipe, draw: dict, tmp: Path) -> str:
+    """Run one example; returns its outcome (fails the test on anything not allowed)."""
+    model, shapes = build(recipe)
+    source = tmp / "in.onnx"
+    onnx.save(model, source)
+    before = source.read_bytes()
+    calib = _write_calib(tmp / "calib", model, shapes, recipe.seed) if draw["calib"] else None
+    out = tmp / "out.onnx"
+    timing = RecordingTiming(recipe.seed)
+    try:
+        report = prune(source, out, _config(draw, shapes, calib), timing=timing)
+    except (UserError, TargetUnreachableError) as exc:
+        assert source.read_bytes() == before
+        written = out.exists()
+        code = "exit 2" if isinstance(exc, UserError) else "exit 3"
+        assert not written or draw["best_effort"], f"{code} but {out} was written"
+        return f"{code}: {str(exc).splitlines()[0][:160]}"
+    assert source.read_bytes() == before
+    assert report.written and out.exists()
+    pruned = onnx.load(out)
+    onnx.checker.check_model(pruned, full_check=not pruned.graph.sparse_initializer)
+    weights = timing.measured.get(pruned.SerializeToString())
+    assert weights is not None, "the written model is not one that was measured"
+    reference = masked_dense(model, shapes, weights)
+    assert_matches_masked_dense(pruned, reference, shapes, recipe.seed)
+    layouts = sorted({layer.option.layout for layer in report.layers} - {"dense"})
+    return "pruned: " + (",".join(layouts) or "all dense")
+
+
+@FUZZ_SETTINGS
+@given(recipe=recipes, draw=configs)
+def test_pipeline_on_random_graphs_is_exact_or_refused(recipe, draw, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzz")
+    try:
+        outcome = check_one(recipe, draw, tmp)
+    except Exception:
+        _log(recipe, draw, "FAILED")
+        raise
+    _log(recipe, draw, outcome)
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_every_start_builds_a_model_onnx_runtime_runs(start):
+    """The generator itself: valid models with a dynamic batch (else the fuzzer tests nothing)."""
+    recipe = Recipe(start=start, picks=(0, 1, 2, 3, 4, 5, 6, 7), opset=17, seed=3)
+    model, shapes = build(recipe)
+    for batch in (1, 4):
+        (y, *_) = _run(model, random_feed(model, shapes, batch, 0))
+        assert y.shape[0] == batch and np.all(np.isfinite(y))
