@@ -1,6 +1,6 @@
 """Export the tiny models of ``tests/data/exports/``: both torch exporters, opsets 11 to 21.
 
-    .venv/bin/python models/export_test_models.py     (needs the ``models`` extra: torch, onnxscript)
+    .venv/bin/python models/export_test_models.py   (needs the ``models`` extra)
 
 Real exporters write graphs hand-built tests never think of (Constant nodes, Shape/Gather
 chains for dynamic dims, Transpose'd weights, the dynamo exporter's naming), and each opset
