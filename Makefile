@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-core
 MODELS_STAMP := $(VENV)/.installed-models
 DEMO_OUT := .cache/demo
 
-.PHONY: install install-models test demo models lint format bench bench-models clean
+.PHONY: install install-models test fuzz demo models lint format bench bench-models clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ install-models: $(MODELS_STAMP)  ## + torch (CPU), scikit-learn, skl2onnx: to re
 test: install  ## run the test suite
 	$(BIN)/python -m pytest tests
 
+FUZZ_EXAMPLES ?= 5000
+fuzz: install  ## the pipeline on thousands of random graphs (fresh randomness each run)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/fuzz -q -p no:cacheprovider \
+		--hypothesis-show-statistics
+
 demo: install  ## prune the shipped digits CNN to a measured 2x speedup and score it
 	@mkdir -p $(DEMO_OUT)
 	$(BIN)/onnxprune inspect models/digits_cnn.onnx --shape input=256x1x8x8
@@ -39,6 +44,7 @@ demo: install  ## prune the shipped digits CNN to a measured 2x speedup and scor
 
 models: install-models  ## retrain and re-export the shipped test models and calibration sets
 	$(BIN)/python models/train_digits.py
+	$(BIN)/python models/export_test_models.py
 
 lint: install  ## ruff
 	$(BIN)/ruff check onnxprune tests models benchmarks
