@@ -71,7 +71,11 @@ class GraphBuilder:
 
     # ----------------------------------------------------------------- small pieces
     def linear(self, x: str, k: int, n: int, bias: bool = True) -> str:
-        y = self.op("MatMul", [x, self.weight((k, n), k)])
+        if self.rng.random() < 0.2:  # stored [n, k] behind a Transpose, as some exporters do
+            w = self.op("Transpose", [self.weight((n, k), k)], perm=[1, 0])
+        else:
+            w = self.weight((k, n), k)
+        y = self.op("MatMul", [x, w])
         return self.op("Add", [y, self.const(self.rng.standard_normal(n) * 0.1, "b")]) if bias \
             else y
 
@@ -84,8 +88,12 @@ class GraphBuilder:
 
     def conv(self, x: str, c: int, o: int, group: int = 1) -> str:
         w = self.weight((o, c // group, 3, 3), 9 * c // group)
-        return self.op("Conv", [x, w, self.const(self.rng.standard_normal(o) * 0.1, "b")],
-                       pads=[1, 1, 1, 1], group=group)
+        dilation = int(self.rng.choice([1, 1, 2]))
+        y = self.op("Conv", [x, w, self.const(self.rng.standard_normal(o) * 0.1, "b")],
+                    pads=[dilation] * 4, dilations=[dilation] * 2, group=group)
+        if self.rng.random() < 0.2:  # a per-channel scale (a folded norm or a layer scale)
+            y = self.op("Mul", [y, self.const(self.rng.uniform(0.5, 2, (1, o, 1, 1)), "s")])
+        return y
 
     def bn(self, x: str, c: int) -> str:
         r = self.rng
