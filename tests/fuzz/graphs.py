@@ -61,7 +61,14 @@ class GraphBuilder:
         return name
 
     def weight(self, shape: Sequence[int], fan_in: int, prefix: str = "w") -> str:
-        return self.const(self.rng.standard_normal(tuple(shape)) / math.sqrt(fan_in), prefix)
+        value = self.rng.standard_normal(tuple(shape)) / math.sqrt(fan_in)
+        if self.rng.random() < 0.1:  # a Constant node, as the TorchScript exporter sometimes writes
+            out = self.fresh(prefix)
+            self.nodes.append(helper.make_node(
+                "Constant", [], [out], name=self.fresh("Constant"),
+                value=numpy_helper.from_array(value.astype(np.float32))))
+            return out
+        return self.const(value, prefix)
 
     def op(self, op_type: str, inputs: Sequence[str], outputs: int = 1, **attrs) -> str | list[str]:
         names = [self.fresh(op_type.lower()) for _ in range(outputs)]
@@ -156,7 +163,10 @@ def b_shared(g: GraphBuilder, s: Stream) -> Stream:
     """One weight read by two MatMuls (as tied or unrolled layers export)."""
     w = g.weight((s.width, s.width), s.width)
     y = g.op("MatMul", [s.name, w])
-    z = g.op("MatMul", [g.op("Relu", [y]), w])
+    if s.rank == 2 and g.rng.random() < 0.5:  # the same weight in a Gemm
+        z = g.op("Gemm", [g.op("Relu", [y]), w])
+    else:
+        z = g.op("MatMul", [g.op("Relu", [y]), w])
     return Stream(g.op("Add", [y, z]), s.rank, s.width)
 
 
@@ -323,7 +333,10 @@ def build(recipe: Recipe) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
         stream = b_flatten(g, stream)
     head = g.gemm(stream.name, stream.width, 5) if stream.rank == 2 and recipe.seed % 2 \
         else g.op("MatMul", [stream.name, g.weight((stream.width, 5), stream.width)])
-    g.nodes.append(helper.make_node("Identity", [head], ["y"], name="out"))
+    if recipe.seed % 3:
+        g.nodes.append(helper.make_node("Identity", [head], ["y"], name="out"))
+    else:  # the last node writes the graph output itself
+        g.nodes[-1].output[0] = "y"
     out_dims = ["batch", 5] if stream.rank == 2 else ["batch", SEQ, 5]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_dims)]
     if extra is not None:
