@@ -6,7 +6,8 @@ and a list of block picks; each pick selects one of the blocks that fit the stre
 one block by block. The blocks are the shapes exporters write: chains through BatchNorm,
 activations and depthwise convs, residual Adds, Concats, Splits, weights shared by two nodes,
 the five-op GELU of torch's export, multi-head attention (MatMul/Reshape/Transpose/Softmax),
-a float16 round trip, LayerNorm. Every input has a symbolic batch dimension.
+a float16 round trip, LayerNorm. Every input has a symbolic batch dimension, and sequences a
+symbolic length.
 """
 
 from __future__ import annotations
@@ -307,19 +308,19 @@ def build(recipe: Recipe) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
     inputs, shapes = [], {}
     if recipe.start == "tokens":
         width = 8
-        inputs.append(helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", SEQ]))
+        inputs.append(helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]))
         shapes["ids"] = (1, SEQ)
         stream = Stream(g.op("Gather", [g.weight((VOCAB, width), 1, "emb"), "ids"], axis=0), 3,
                         width)
     else:
         width = int(g.rng.choice([3, 4, 6]))
-        dims = {"image": [width, SIDE, SIDE], "sequence": [SEQ, width], "vector": [width]}
+        dims = {"image": [width, SIDE, SIDE], "sequence": ["seq", width], "vector": [width]}
         inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                     ["batch", *dims[recipe.start]]))
-        shapes["x"] = (1, *dims[recipe.start])
+        shapes["x"] = (1, *[SEQ if d == "seq" else d for d in dims[recipe.start]])
         stream = Stream("x", _start_rank(recipe.start), width)
     if recipe.start == "tokens" and g.opset >= 13:
-        inputs.append(helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", SEQ]))
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "seq"]))
         shapes["mask"] = (1, SEQ)
         keep = g.op("Unsqueeze", [g.op("Cast", ["mask"], to=TensorProto.FLOAT),
                                   g.const(np.array([-1], np.int64))])
@@ -337,11 +338,11 @@ def build(recipe: Recipe) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
         g.nodes.append(helper.make_node("Identity", [head], ["y"], name="out"))
     else:  # the last node writes the graph output itself
         g.nodes[-1].output[0] = "y"
-    out_dims = ["batch", 5] if stream.rank == 2 else ["batch", SEQ, 5]
+    out_dims = ["batch", 5] if stream.rank == 2 else ["batch", "seq", 5]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_dims)]
     if extra is not None:
         g.nodes.append(helper.make_node("Identity", [extra.name], ["side"], name="side_out"))
-        dims = ["batch", extra.width] if extra.rank == 2 else ["batch", SEQ, extra.width]
+        dims = ["batch", extra.width] if extra.rank == 2 else ["batch", "seq", extra.width]
         outputs.append(helper.make_tensor_value_info("side", TensorProto.FLOAT, dims))
     graph = helper.make_graph(g.nodes, "fuzz", inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", recipe.opset)])
@@ -351,12 +352,18 @@ def build(recipe: Recipe) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
 
 
 def random_feed(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: int,
-                seed: int) -> dict[str, np.ndarray]:
-    """Inputs at ``batch`` (token ids in the vocabulary, masks of 0/1 with a 1 in every row)."""
+                seed: int, seq: int = SEQ) -> dict[str, np.ndarray]:
+    """Inputs at ``batch`` and sequence length ``seq`` (token ids in the vocabulary, masks of
+    0/1 with a 1 in every row)."""
     rng = np.random.default_rng(seed)
+    dynamic = {i.name for i in model.graph.input
+               if len(i.type.tensor_type.shape.dim) > 1
+               and i.type.tensor_type.shape.dim[1].dim_param == "seq"}
     feed = {}
     for name, shape in shapes.items():
         full = (batch, *shape[1:])
+        if name in dynamic:
+            full = (batch, seq, *shape[2:])
         if name == "ids":
             feed[name] = rng.integers(0, VOCAB, full).astype(np.int64)
         elif name == "mask":

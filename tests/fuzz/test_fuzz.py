@@ -35,7 +35,7 @@ from onnxprune.graph.candidates import ensure_node_names, find_candidates
 from onnxprune.graph.load import stamp_ir_version
 from onnxprune.graph.shapes import bind_input_shapes
 from onnxprune.latency.synthetic import SyntheticTiming
-from tests.fuzz.graphs import STARTS, Recipe, build, random_feed
+from tests.fuzz.graphs import SEQ, STARTS, Recipe, build, random_feed
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 FUZZ_SETTINGS = settings(
@@ -47,7 +47,8 @@ FUZZ_SETTINGS = settings(
     print_blob=True,
 )
 PRUNE_BATCH = 2
-CHECK_BATCHES = (1, 3)
+CHECK_BATCHES = ((1, SEQ), (3, SEQ + 2))
+"""(batch, sequence length) the output is compared at; it was pruned at (2, SEQ)."""
 
 
 class RecordingTiming(SyntheticTiming):
@@ -187,7 +188,8 @@ def check_one(recipe: Recipe, draw: dict, tmp: Path) -> str:
     assert weights is not None, "the written model is not one that was measured"
     reference = masked_dense(model, shapes, weights)
     assert_matches_masked_dense(pruned, reference, [
-        random_feed(model, shapes, batch, recipe.seed + 100 + batch) for batch in CHECK_BATCHES])
+        random_feed(model, shapes, batch, recipe.seed + 100 + batch, seq)
+        for batch, seq in CHECK_BATCHES])
     layouts = sorted({layer.option.layout for layer in report.layers} - {"dense"})
     return "pruned: " + (",".join(layouts) or "all dense")
 
@@ -209,6 +211,8 @@ def test_every_start_builds_a_model_onnx_runtime_runs(start):
     """The generator itself: valid models with a dynamic batch (else the fuzzer tests nothing)."""
     recipe = Recipe(start=start, picks=(0, 1, 2, 3, 4, 5, 6, 7), opset=17, seed=3)
     model, shapes = build(recipe)
-    for batch in (1, 4):
-        (y, *_) = _run(model, random_feed(model, shapes, batch, 0))
+    for batch, seq in ((1, SEQ), (4, SEQ + 2)):
+        (y, *_) = _run(model, random_feed(model, shapes, batch, 0, seq))
         assert y.shape[0] == batch and np.all(np.isfinite(y))
+        if start in ("sequence", "tokens"):
+            assert y.shape[1] == seq
