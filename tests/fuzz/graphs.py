@@ -97,8 +97,10 @@ class GraphBuilder:
     def conv(self, x: str, c: int, o: int, group: int = 1) -> str:
         w = self.weight((o, c // group, 3, 3), 9 * c // group)
         dilation = int(self.rng.choice([1, 1, 2]))
-        y = self.op("Conv", [x, w, self.const(self.rng.standard_normal(o) * 0.1, "b")],
-                    pads=[dilation] * 4, dilations=[dilation] * 2, group=group)
+        bias = [self.const(self.rng.standard_normal(o) * 0.1, "b")] if self.rng.random() < 0.8 \
+            else []
+        y = self.op("Conv", [x, w, *bias], pads=[dilation] * 4, dilations=[dilation] * 2,
+                    group=group)
         if self.rng.random() < 0.2:  # a per-channel scale (a folded norm or a layer scale)
             y = self.op("Mul", [y, self.const(self.rng.uniform(0.5, 2, (1, o, 1, 1)), "s")])
         return y
@@ -252,19 +254,45 @@ def b_pool(g: GraphBuilder, s: Stream) -> Stream:
 
 
 def b_flatten(g: GraphBuilder, s: Stream) -> Stream:
-    """Image → vector: global pooling then Flatten, or Flatten of the whole map."""
-    if g.rng.random() < 0.5:
+    """Image → vector: global pooling then Flatten, Flatten of the whole map, or torch's
+    ``x.view(b, -1)`` (a Reshape to [0, -1])."""
+    kind = g.rng.random()
+    if kind < 0.4:
         return Stream(g.op("Flatten", [g.op("GlobalAveragePool", [s.name])], axis=1), 2,
                       s.width)
+    if kind < 0.7:
+        return Stream(g.op("Reshape", [s.name, g.const(np.array([0, -1], np.int64), "shape")]),
+                      2, s.width * SIDE * SIDE)
     return Stream(g.op("Flatten", [s.name], axis=1), 2, s.width * SIDE * SIDE)
+
+
+def b_pointwise(g: GraphBuilder, s: Stream) -> Stream:
+    """A channels-last linear inside an image block (ConvNeXt/Swin exports): Transpose to NHWC,
+    MatMul over the channels, activation, Transpose back."""
+    o = _width(g)
+    nhwc = g.op("Transpose", [s.name], perm=[0, 2, 3, 1])
+    y = g.act(g.linear(nhwc, s.width, o))
+    return Stream(g.op("Transpose", [y], perm=[0, 3, 1, 2]), 4, o)
+
+
+def b_slice(g: GraphBuilder, s: Stream) -> Stream:
+    """The first channels of a projection (``y[..., :k]``)."""
+    n = _width(g)
+    k = max(1, n // 2)
+    y = g.linear(s.name, s.width, n)
+    if g.opset >= 10:
+        y = g.op("Slice", [y, g.const(np.array([0], np.int64)), g.const(np.array([k], np.int64)),
+                           g.const(np.array([-1], np.int64))])
+    return Stream(g.op("Relu", [y]), s.rank, k)
 
 
 BLOCKS = {
     4: (b_conv, b_depthwise, b_conv_residual, b_conv_concat, b_conv_split, b_conv_shared,
-        b_pool, b_half_roundtrip, b_flatten),
+        b_pool, b_half_roundtrip, b_flatten, b_pointwise),
     3: (b_linear, b_ffn_residual, b_concat, b_split, b_shared, b_layernorm, b_half_roundtrip,
-        b_attention),
-    2: (b_linear, b_ffn_residual, b_concat, b_split, b_shared, b_layernorm, b_half_roundtrip),
+        b_attention, b_slice),
+    2: (b_linear, b_ffn_residual, b_concat, b_split, b_shared, b_layernorm, b_half_roundtrip,
+        b_slice),
 }
 STARTS = ("image", "sequence", "vector", "tokens")
 
