@@ -99,8 +99,11 @@ class GraphBuilder:
         dilation = int(self.rng.choice([1, 1, 2]))
         bias = [self.const(self.rng.standard_normal(o) * 0.1, "b")] if self.rng.random() < 0.8 \
             else []
-        y = self.op("Conv", [x, w, *bias], pads=[dilation] * 4, dilations=[dilation] * 2,
-                    group=group)
+        if dilation == 1 and self.rng.random() < 0.3:  # tf2onnx / keras write SAME padding
+            y = self.op("Conv", [x, w, *bias], auto_pad="SAME_UPPER", group=group)
+        else:
+            y = self.op("Conv", [x, w, *bias], pads=[dilation] * 4, dilations=[dilation] * 2,
+                        group=group)
         if self.rng.random() < 0.2:  # a per-channel scale (a folded norm or a layer scale)
             y = self.op("Mul", [y, self.const(self.rng.uniform(0.5, 2, (1, o, 1, 1)), "s")])
         return y
@@ -111,10 +114,17 @@ class GraphBuilder:
             x, self.const(r.uniform(0.5, 2, c)), self.const(r.standard_normal(c) * 0.1),
             self.const(r.standard_normal(c) * 0.1), self.const(r.uniform(0.5, 2, c))])
 
-    def act(self, x: str) -> str:
-        kind = self.rng.choice(["Relu", "Sigmoid", "Tanh", "gelu", "none"])
+    def act(self, x: str, width: int | None = None, image: bool = False) -> str:
+        """An activation; with ``width``, possibly a PRelu with one slope per channel."""
+        kinds = ["Relu", "Sigmoid", "Tanh", "gelu", "LeakyRelu", "none"]
+        kind = self.rng.choice([*kinds, "PRelu"] if width else kinds)
         if kind == "none":
             return x
+        if kind == "PRelu":
+            shape = (width, 1, 1) if image else (width,)
+            return self.op("PRelu", [x, self.const(self.rng.uniform(0.05, 0.3, shape), "slope")])
+        if kind == "LeakyRelu":
+            return self.op("LeakyRelu", [x], alpha=0.1)
         return self.gelu(x) if kind == "gelu" else self.op(str(kind), [x])
 
     def gelu(self, x: str) -> str:
@@ -139,7 +149,7 @@ def b_linear(g: GraphBuilder, s: Stream) -> Stream:
     n = _width(g)
     y = g.gemm(s.name, s.width, n) if s.rank == 2 and g.rng.random() < 0.5 \
         else g.linear(s.name, s.width, n)
-    return Stream(g.act(y), s.rank, n)
+    return Stream(g.act(y, n), s.rank, n)
 
 
 def b_ffn_residual(g: GraphBuilder, s: Stream) -> Stream:
@@ -212,7 +222,7 @@ def b_conv(g: GraphBuilder, s: Stream) -> Stream:
     y = g.conv(s.name, s.width, o)
     if g.rng.random() < 0.6:
         y = g.bn(y, o)
-    return Stream(g.act(y), 4, o)
+    return Stream(g.act(y, o, image=True), 4, o)
 
 
 def b_depthwise(g: GraphBuilder, s: Stream) -> Stream:
@@ -275,6 +285,17 @@ def b_pointwise(g: GraphBuilder, s: Stream) -> Stream:
     return Stream(g.op("Transpose", [y], perm=[0, 3, 1, 2]), 4, o)
 
 
+def b_conv1d(g: GraphBuilder, s: Stream) -> Stream:
+    """A 1-D conv over the sequence (audio and CRNN exports): Transpose to [B, D, S], Conv1d,
+    BatchNorm, activation, Transpose back."""
+    o = _width(g)
+    ncl = g.op("Transpose", [s.name], perm=[0, 2, 1])
+    w = g.weight((o, s.width, 3), 3 * s.width)
+    y = g.op("Conv", [ncl, w, g.const(g.rng.standard_normal(o) * 0.1, "b")], pads=[1, 1])
+    y = g.act(g.bn(y, o))
+    return Stream(g.op("Transpose", [y], perm=[0, 2, 1]), 3, o)
+
+
 def b_slice(g: GraphBuilder, s: Stream) -> Stream:
     """The first channels of a projection (``y[..., :k]``)."""
     n = _width(g)
@@ -290,7 +311,7 @@ BLOCKS = {
     4: (b_conv, b_depthwise, b_conv_residual, b_conv_concat, b_conv_split, b_conv_shared,
         b_pool, b_half_roundtrip, b_flatten, b_pointwise),
     3: (b_linear, b_ffn_residual, b_concat, b_split, b_shared, b_layernorm, b_half_roundtrip,
-        b_attention, b_slice),
+        b_attention, b_slice, b_conv1d),
     2: (b_linear, b_ffn_residual, b_concat, b_split, b_shared, b_layernorm, b_half_roundtrip,
         b_slice),
 }
