@@ -203,7 +203,17 @@ def b_attention(g: GraphBuilder, s: Stream) -> Stream:
     d = s.width
     heads = int(g.rng.choice([h for h in (1, 2, 3) if d % h == 0]))
     hd = d // heads
-    shape = g.const(np.array([0, 0, heads, hd], np.int64), "shape")
+    if g.opset >= 13 and g.rng.random() < 0.5:
+        # The TorchScript export's run-time targets: batch and length from Shape → Gather →
+        # Unsqueeze, the head count and size as constants, joined by a Concat.
+        dims = [g.op("Unsqueeze", [g.op("Gather", [g.op("Shape", [s.name]),
+                                                   g.const(np.array(i, np.int64))], axis=0),
+                                   g.const(np.array([0], np.int64))]) for i in (0, 1)]
+        shape = g.op("Concat", [*dims, g.const(np.array([heads, hd], np.int64))], axis=0)
+        merged_shape = g.op("Concat", [*dims, g.const(np.array([d], np.int64))], axis=0)
+    else:
+        shape = g.const(np.array([0, 0, heads, hd], np.int64), "shape")
+        merged_shape = g.const(np.array([0, 0, d], np.int64), "shape")
 
     def project(perm: list[int]) -> str:
         y = g.linear(s.name, d, d)
@@ -213,7 +223,7 @@ def b_attention(g: GraphBuilder, s: Stream) -> Stream:
     scores = g.op("Div", [g.op("MatMul", [q, k]), g.const(np.array(math.sqrt(hd)))])
     probs = g.op("Softmax", [scores], axis=-1)
     ctx = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
-    merged = g.op("Reshape", [ctx, g.const(np.array([0, 0, d], np.int64), "shape")])
+    merged = g.op("Reshape", [ctx, merged_shape])
     return Stream(g.op("Add", [s.name, g.linear(merged, d, d)]), s.rank, d)
 
 
