@@ -41,7 +41,9 @@ def describe(recipe: Recipe) -> tuple[str, str, str]:
             return f"refused: {str(exc).splitlines()[0][:90]}", "", ""
     chosen = sorted({f"{layer.op} {layer.option.layout}" for layer in report.layers})
     found = sorted({s["kind"] for s in report.structures})
-    blocked = sorted({b["reason"][:80] for b in report.structures_blocked})
+    blocked = sorted({b["reason"][:80] for b in report.structures_blocked
+                      if "reach the graph output" not in b["reason"]}
+                     | {f"{s.op}: {s.reason[:60]}" for s in report.skipped})
     return ", ".join(chosen), ", ".join(found) or "-", "; ".join(blocked) or "-"
 
 
