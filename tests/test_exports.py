@@ -19,7 +19,7 @@ import pytest
 
 from onnxprune import PruneConfig, prune
 from onnxprune.errors import TargetUnreachableError, UserError
-from tests.fuzz.test_fuzz import RecordingTiming, assert_matches_masked_dense, masked_dense
+from tests.fuzz.reference import RecordingTiming, assert_matches_masked_dense, masked_dense
 
 EXPORTS = Path(__file__).resolve().parent / "data" / "exports"
 MANIFEST = json.loads((EXPORTS / "manifest.json").read_text())

@@ -18,7 +18,8 @@ from pathlib import Path
 from onnxprune import PruneConfig, prune
 from onnxprune.errors import TargetUnreachableError, UserError
 from tests.fuzz.graphs import BLOCKS, Recipe, build
-from tests.fuzz.test_fuzz import PRUNE_BATCH, RecordingTiming, _write_calib
+from tests.fuzz.reference import PRUNE_BATCH, RecordingTiming
+from tests.fuzz.test_fuzz import write_calib
 
 START_OF_RANK = {4: "image", 3: "sequence", 2: "vector"}
 
@@ -30,7 +31,7 @@ def describe(recipe: Recipe) -> tuple[str, str, str]:
         folder = Path(tmp)
         source = folder / "in.onnx"
         source.write_bytes(model.SerializeToString())
-        calib = _write_calib(folder / "calib", model, shapes, recipe.seed)
+        calib = write_calib(folder / "calib", model, shapes, recipe.seed)
         config = PruneConfig(speedup=1.3, calib_dir=calib, threads=1, search_budget=0,
                              shapes={n: (PRUNE_BATCH, *s[1:]) for n, s in shapes.items()},
                              verify_sessions=1, verify_rounds=2, max_error=10.0,

@@ -16,26 +16,26 @@ outcome) for the closing table.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from onnx import numpy_helper
 
 from onnxprune import PruneConfig, prune
 from onnxprune.errors import TargetUnreachableError, UserError
-from onnxprune.graph.candidates import ensure_node_names, find_candidates
-from onnxprune.graph.load import stamp_ir_version
-from onnxprune.graph.shapes import bind_input_shapes
-from onnxprune.latency.synthetic import SyntheticTiming
 from tests.fuzz.graphs import SEQ, STARTS, Recipe, build, random_feed
+from tests.fuzz.reference import (
+    PRUNE_BATCH,
+    RecordingTiming,
+    assert_matches_masked_dense,
+    masked_dense,
+    run_model,
+)
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 FUZZ_SETTINGS = settings(
@@ -46,23 +46,8 @@ FUZZ_SETTINGS = settings(
                            HealthCheck.data_too_large],
     print_blob=True,
 )
-PRUNE_BATCH = 2
 CHECK_BATCHES = ((1, SEQ), (3, SEQ + 2))
 """(batch, sequence length) the output is compared at; it was pruned at (2, SEQ)."""
-
-
-class RecordingTiming(SyntheticTiming):
-    """Synthetic timing that keeps every measured model with its chosen weights, so the test can
-    find the weights of the model that was written and build its masked-dense reference."""
-
-    def __init__(self, seed: int) -> None:
-        super().__init__(seed)
-        self.measured: dict[bytes, dict[str, np.ndarray]] = {}
-
-    def speed(self, dense, pruned, feeds, runtime, **kwargs):
-        chosen = kwargs.get("chosen") or {}
-        self.measured[pruned.SerializeToString()] = {n: s.weight for n, s in chosen.items()}
-        return super().speed(dense, pruned, feeds, runtime, **kwargs)
 
 
 recipes = st.builds(
@@ -98,59 +83,12 @@ def _config(draw: dict, shapes: dict, calib_dir: Path | None) -> PruneConfig:
     return PruneConfig(sparsity=draw["sparsity"], layouts=(draw["layout"],), **common)
 
 
-def _write_calib(folder: Path, model: onnx.ModelProto, shapes: dict, seed: int) -> Path:
+def write_calib(folder: Path, model: onnx.ModelProto, shapes: dict, seed: int) -> Path:
     folder.mkdir()
     for index in range(4):
         feed = random_feed(model, shapes, batch=3, seed=seed + index)
         np.savez(folder / f"batch{index}.npz", **feed)
     return folder
-
-
-def masked_dense(model: onnx.ModelProto, shapes: dict, weights: dict[str, np.ndarray]
-                 ) -> onnx.ModelProto:
-    """The input model with each candidate's chosen canonical weight written into its nodes.
-
-    Canonical weights are MatMul/Gemm W[K, N] with Gemm's transB and alpha folded in, Conv
-    W[O, C/g, kh, kw]; the nodes are pointed at them directly (Gemm's transB and alpha reset).
-    """
-    reference = copy.deepcopy(model)
-    ensure_node_names(reference)
-    analysis = find_candidates(reference, bind_input_shapes(
-        reference, {n: (PRUNE_BATCH, *s[1:]) for n, s in shapes.items()}))
-    nodes = {n.name: n for n in reference.graph.node}
-    for cand in analysis.candidates:
-        if cand.name not in weights:
-            continue
-        tensor = numpy_helper.from_array(weights[cand.name].astype(np.float32),
-                                         f"masked/{cand.name}")
-        reference.graph.initializer.append(tensor)
-        for site in cand.sites:
-            node = nodes[site.node]
-            node.input[1] = tensor.name
-            if node.op_type == "Gemm":
-                kept = [a for a in node.attribute if a.name not in ("transB", "alpha")]
-                del node.attribute[:]
-                node.attribute.extend(kept)
-    return stamp_ir_version(reference)
-
-
-def _run(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
-    session = ort.InferenceSession(model.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
-    return session.run(None, feed)
-
-
-def assert_matches_masked_dense(out: onnx.ModelProto, reference: onnx.ModelProto,
-                                feeds: list[dict[str, np.ndarray]]) -> None:
-    """Same outputs (to float tolerance, relative to each output's largest value) on ``feeds``."""
-    for feed in feeds:
-        batch = len(next(iter(feed.values())))
-        got, want = _run(out, feed), _run(reference, feed)
-        assert len(got) == len(want)
-        for a, b in zip(got, want, strict=True):
-            assert a.shape == b.shape
-            scale = max(float(np.max(np.abs(b))), 1e-3)
-            assert float(np.max(np.abs(a - b))) <= 2e-3 * scale, (batch, np.abs(a - b).max())
 
 
 def _log(recipe: Recipe, draw: dict, outcome: str) -> None:
@@ -169,7 +107,7 @@ def check_one(recipe: Recipe, draw: dict, tmp: Path) -> str:
     source = tmp / "in.onnx"
     onnx.save(model, source)
     before = source.read_bytes()
-    calib = _write_calib(tmp / "calib", model, shapes, recipe.seed) if draw["calib"] else None
+    calib = write_calib(tmp / "calib", model, shapes, recipe.seed) if draw["calib"] else None
     out = tmp / "out.onnx"
     timing = RecordingTiming(recipe.seed)
     try:
@@ -212,7 +150,7 @@ def test_every_start_builds_a_model_onnx_runtime_runs(start):
     recipe = Recipe(start=start, picks=(0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 8), opset=17, seed=3)
     model, shapes = build(recipe)
     for batch, seq in ((1, SEQ), (4, SEQ + 2)):
-        (y, *_) = _run(model, random_feed(model, shapes, batch, 0, seq))
+        (y, *_) = run_model(model, random_feed(model, shapes, batch, 0, seq))
         assert y.shape[0] == batch and np.all(np.isfinite(y))
         if start in ("sequence", "tokens"):
             assert y.shape[1] == seq
