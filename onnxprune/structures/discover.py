@@ -76,12 +76,17 @@ class ConstantSlice:
 class ShapeEdit:
     """A constant shape entry that names the channel count: ``node.input[input_index]``'s element
     ``position`` becomes ``width · group`` (a Reshape target, or one piece of a Concat that
-    builds it)."""
+    builds it).
+
+    ``known`` is the piece's value when it is computed at run time from a static dimension
+    (TorchScript exports build ``[batch, seq, Shape(x)[2]]``): it is then replaced by a constant.
+    """
 
     node: str
     position: int
     group: int
     input_index: int = 1
+    known: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -530,6 +535,52 @@ def _single_reader(graph: _Graph, tensor: str) -> onnx.NodeProto:
     return readers[0]
 
 
+def _reads_leading_dims_only(graph: _Graph, node: onnx.NodeProto, rank: int) -> bool:
+    """A ``Shape`` of a [..., channels] tensor whose every use picks a dimension before the
+    channels with a constant ``Gather`` (TorchScript exports read batch and length this way):
+    removing channels does not change what it computes."""
+    if node.op_type != "Shape" or _attr(node, "start") is not None or \
+            _attr(node, "end") is not None or node.output[0] in graph.outputs:
+        return False
+    for use in graph.consumers.get(node.output[0], []):
+        index = graph.constant(use.input[1]) if use.op_type == "Gather" else None
+        if index is None or index.size != 1 or int(index.reshape(-1)[0]) % rank == rank - 1:
+            return False
+    return True
+
+
+def _projection_reader(graph: _Graph, tensor: str) -> onnx.NodeProto:
+    """The single reader of a head-side tensor, not counting ``Shape`` nodes that only read its
+    leading dimensions."""
+    rank = graph.rank(tensor)
+    readers = [r for r in graph.consumers.get(tensor, [])
+               if rank is None or not _reads_leading_dims_only(graph, r, rank)]
+    if len(readers) != 1 or tensor in graph.outputs:
+        raise _Blocked(f"{tensor!r} is read by {len(readers)} nodes")
+    return readers[0]
+
+
+def _static_piece(graph: _Graph, piece: str) -> np.ndarray | None:
+    """The value of a run-time shape piece ``Unsqueeze(Gather(Shape(t), i))`` when ``t``'s
+    dimension ``i`` is static (None otherwise)."""
+    unsqueeze = graph.producer.get(piece)
+    if unsqueeze is None or unsqueeze.op_type != "Unsqueeze":
+        return None
+    gather = graph.producer.get(unsqueeze.input[0])
+    if gather is None or gather.op_type != "Gather":
+        return None
+    index = graph.constant(gather.input[1])
+    shape_node = graph.producer.get(gather.input[0])
+    if index is None or index.size != 1 or shape_node is None or \
+            shape_node.op_type != "Shape" or _attr(shape_node, "start") is not None:
+        return None
+    dims = graph.shapes.get(shape_node.input[0])
+    if dims is None:
+        return None
+    dim = dims[int(index.reshape(-1)[0]) % len(dims)]
+    return np.array([dim], np.int64) if isinstance(dim, (int, np.integer)) else None
+
+
 def _match_attention(graph: _Graph, softmax: onnx.NodeProto,
                      single: Mapping[str, Candidate]) -> Structure:
     shape = graph.shapes.get(softmax.input[0])
@@ -627,7 +678,7 @@ def _trace_side(graph: _Graph, tensor: str, heads: int, single: Mapping[str, Can
             break
         if node.op_type not in _SIDE_OPS:
             raise _Blocked(f"{node.op_type} {node.name!r} between a projection and the core")
-        _single_reader(graph, node.output[0])
+        _projection_reader(graph, node.output[0])
         chain.append(node)
         variables = [i for i in node.input if i and graph.constant(i) is None]
         if node.op_type == "Reshape":
@@ -697,11 +748,18 @@ def _shape_edit(graph: _Graph, reshape: onnx.NodeProto, position: int, heads: in
         length = int(piece_shape[0]) if piece_shape else 1
         if offset <= position < offset + length:
             value = graph.constant(piece)
+            known = None
+            if value is None:
+                value = known = _static_piece(graph, piece)
             if value is None:
                 raise _Blocked(f"Reshape {reshape.name!r} takes the head count at run time")
             entry = int(value.reshape(-1)[position - offset])
             if entry == heads * group:
-                side.edits.append(ShapeEdit(concat.name, position - offset, group, index))
+                side.edits.append(ShapeEdit(
+                    concat.name, position - offset, group, index,
+                    None if known is None else tuple(int(v) for v in known)))
+            elif known is not None:
+                raise _Blocked(f"Reshape {reshape.name!r} takes the head count at run time")
             elif entry not in (-1, 0):
                 raise _Blocked(f"Reshape {reshape.name!r} target names another head count")
             side.fixed.append((reshape.name, tuple(fixed)))
