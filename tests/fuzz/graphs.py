@@ -203,20 +203,30 @@ def b_attention(g: GraphBuilder, s: Stream) -> Stream:
     d = s.width
     heads = int(g.rng.choice([h for h in (1, 2, 3) if d % h == 0]))
     hd = d // heads
-    if g.opset >= 13 and g.rng.random() < 0.5:
-        # The TorchScript export's run-time targets: batch and length from Shape → Gather →
-        # Unsqueeze, the head count and size as constants, joined by a Concat.
-        dims = [g.op("Unsqueeze", [g.op("Gather", [g.op("Shape", [s.name]),
-                                                   g.const(np.array(i, np.int64))], axis=0),
-                                   g.const(np.array([0], np.int64))]) for i in (0, 1)]
-        shape = g.op("Concat", [*dims, g.const(np.array([heads, hd], np.int64))], axis=0)
+    def dim(tensor: str, index: int) -> str:
+        """``Unsqueeze(Gather(Shape(tensor), index))``: one run-time piece of a shape."""
+        picked = g.op("Gather", [g.op("Shape", [tensor]), g.const(np.array(index, np.int64))],
+                      axis=0)
+        return g.op("Unsqueeze", [picked, g.const(np.array([0], np.int64))])
+
+    style = str(g.rng.choice(["constant", "concat", "torchscript"])) if g.opset >= 13 \
+        else "constant"
+    heads_piece = g.const(np.array([heads, hd], np.int64))
+    if style == "concat":  # batch and length at run time, heads and sizes constant
+        dims = [dim(s.name, 0), dim(s.name, 1)]
         merged_shape = g.op("Concat", [*dims, g.const(np.array([d], np.int64))], axis=0)
+    elif style == "torchscript":  # as above, each projection's own Shape; d_model at run time
+        merged_shape = g.op("Concat", [dim(s.name, 0), dim(s.name, 1), dim(s.name, 2)], axis=0)
     else:
-        shape = g.const(np.array([0, 0, heads, hd], np.int64), "shape")
         merged_shape = g.const(np.array([0, 0, d], np.int64), "shape")
 
     def project(perm: list[int]) -> str:
         y = g.linear(s.name, d, d)
+        if style == "constant":
+            shape = g.const(np.array([0, 0, heads, hd], np.int64), "shape")
+        else:
+            source = y if style == "torchscript" else s.name
+            shape = g.op("Concat", [dim(source, 0), dim(source, 1), heads_piece], axis=0)
         return g.op("Transpose", [g.op("Reshape", [y, shape])], perm=perm)
 
     q, k, v = project([0, 2, 1, 3]), project([0, 2, 3, 1]), project([0, 2, 1, 3])
