@@ -285,14 +285,20 @@ def b_pool(g: GraphBuilder, s: Stream) -> Stream:
 
 def b_flatten(g: GraphBuilder, s: Stream) -> Stream:
     """Image → vector: global pooling then Flatten, Flatten of the whole map, or torch's
-    ``x.view(b, -1)`` (a Reshape to [0, -1])."""
+    ``x.view(b, -1)`` (a Reshape to [0, -1], or TorchScript's Shape/Gather/Concat target)."""
     kind = g.rng.random()
     if kind < 0.4:
         return Stream(g.op("Flatten", [g.op("GlobalAveragePool", [s.name])], axis=1), 2,
                       s.width)
-    if kind < 0.7:
+    if kind < 0.6:
         return Stream(g.op("Reshape", [s.name, g.const(np.array([0, -1], np.int64), "shape")]),
                       2, s.width * SIDE * SIDE)
+    if kind < 0.8 and g.opset >= 13:  # the TorchScript export of x.view(x.size(0), -1)
+        batch = g.op("Unsqueeze", [g.op("Gather", [g.op("Shape", [s.name]),
+                                                   g.const(np.array(0, np.int64))], axis=0),
+                                   g.const(np.array([0], np.int64))])
+        target = g.op("Concat", [batch, g.const(np.array([-1], np.int64))], axis=0)
+        return Stream(g.op("Reshape", [s.name, target]), 2, s.width * SIDE * SIDE)
     return Stream(g.op("Flatten", [s.name], axis=1), 2, s.width * SIDE * SIDE)
 
 
