@@ -6,8 +6,8 @@ so analysis, structure discovery, options, reconstruction, allocation, materiali
 library's own checks all run for real, deterministically and in well under a second. Allowed
 outcomes: a written model that passes ``onnx.checker``, loads in ONNX Runtime, and equals the
 masked-dense model (the input model with the chosen weights written in) on random inputs at
-batch sizes it was not pruned at; or a refusal with exit code 2 or 3 (``UserError``,
-``TargetUnreachableError``) and nothing written. Anything else fails the example.
+batch sizes and sequence lengths it was not pruned at; or a refusal with exit code 2 or 3
+(``UserError``, ``TargetUnreachableError``) and nothing written. Anything else fails.
 
 ``make test`` runs ``FUZZ_EXAMPLES`` (default 300) derandomized examples; ``make fuzz`` runs
 thousands with fresh randomness. ``FUZZ_LOG=path`` appends one JSON line per example (family,
