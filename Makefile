@@ -8,7 +8,7 @@ DEMO_OUT := .cache/demo
 # apt-get needs root: sudo when not already root
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-models test demo models lint format bench bench-quick bench-built bench-contract bench-models clean chromium report-screenshot
+.PHONY: install install-models test fuzz demo models lint format bench bench-quick bench-built bench-contract bench-models clean chromium report-screenshot
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ report-screenshot: demo chromium  ## docs/img/report.png: the demo's HTML report
 test: install chromium  ## run the test suite
 	$(BIN)/python -m pytest tests
 
+FUZZ_EXAMPLES ?= 5000
+fuzz: install  ## the pipeline on thousands of random graphs (fresh randomness each run)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/fuzz -q -p no:cacheprovider \
+		--hypothesis-show-statistics
+
 demo: install  ## prune the shipped digits CNN to a measured 2x speedup and score it
 	@mkdir -p $(DEMO_OUT)
 	$(BIN)/onnxprune inspect models/digits_cnn.onnx --shape input=256x1x8x8
@@ -50,6 +55,7 @@ demo: install  ## prune the shipped digits CNN to a measured 2x speedup and scor
 
 models: install-models  ## retrain and re-export the shipped test models and calibration sets
 	$(BIN)/python models/train_digits.py
+	$(BIN)/python models/export_test_models.py
 
 lint: install  ## ruff
 	$(BIN)/ruff check onnxprune tests models benchmarks

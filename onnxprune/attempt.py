@@ -20,7 +20,8 @@ from onnxprune.config import PruneConfig
 from onnxprune.fidelity import Fidelity, Scorer
 from onnxprune.graph.candidates import Candidate
 from onnxprune.graph.precision import LowPrecision, lower
-from onnxprune.latency.measure import SpeedResult, bench_sessions
+from onnxprune.latency.measure import SpeedResult
+from onnxprune.latency.source import MEASURED, TimingSource
 from onnxprune.layouts.base import Layout, PrunedWeight
 from onnxprune.materialize import materialize
 from onnxprune.reconstruct.stitch import StitchedRunner
@@ -74,6 +75,7 @@ class Realizer:
     verify_scorer: Scorer | None = None
     progress: Progress | None = None
     precision: LowPrecision | None = None
+    timing: TimingSource = MEASURED
 
     def realize(self, chosen: Mapping[str, PrunedWeight], goal: float | None = None,
                 predicted: float | None = None) -> Attempt:
@@ -109,9 +111,10 @@ class Realizer:
     def _measure(self, attempt: Attempt) -> Attempt:
         if self.progress:
             self.progress("measuring speedup", 0, self.config.verify_sessions)
-        measured = bench_sessions(
+        measured = self.timing.speed(
             self.dense_payload, attempt.pruned, self.timing_feeds, self.runtime,
             sessions=self.config.verify_sessions, seconds=self.config.verify_seconds,
+            chosen=attempt.chosen, predicted=attempt.predicted,
         )
         if self.progress:
             self.progress("measuring speedup", self.config.verify_sessions,

@@ -38,6 +38,7 @@ from onnxprune.graph.load import load_model, save_model_atomic, stamp_ir_version
 from onnxprune.graph.precision import LowPrecision, widen
 from onnxprune.graph.shapes import BoundInputs, bind_input_shapes
 from onnxprune.latency.measure import SpeedResult
+from onnxprune.latency.source import MEASURED, TimingSource
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight, is_fast_on
 from onnxprune.layouts.registry import (
     LAYOUTS,
@@ -307,8 +308,13 @@ def prune(
     config: PruneConfig,
     progress: Progress | None = None,
     calibration: CalibSet | None = None,
+    timing: TimingSource = MEASURED,
 ) -> Report:
     """Prune ``input_path`` and write ``output_path``; see :class:`PruneConfig` for the options.
+
+    ``timing`` answers the run's speed questions (the latency table and the final measurement);
+    the default measures on the EP, tests pass a seeded
+    :class:`~onnxprune.latency.synthetic.SyntheticTiming`.
 
     The stages, each returning what the next needs: analyse the graph (candidates, structures,
     options), calibrate (three-way split, stitched model), time (the allocation problem, speedup
@@ -337,7 +343,7 @@ def prune(
         raise UserError("--max-accuracy-drop needs labelled calibration data (--calib)")
     graph, report = _analyse(in_path, out_path, config)
     data = _calibrate(graph, config, report, calibration)
-    problem = _time(graph, config, report, progress) if graph.mode == "speedup" else None
+    problem = _time(graph, config, report, progress, timing) if graph.mode == "speedup" else None
     options = problem.options if problem is not None else graph.options
     database = _solve(graph, data, options, report, progress)
     realizer = Realizer(
@@ -345,7 +351,7 @@ def prune(
         _configured_layouts(config), runner=data.runner, fit=data.fit,
         verify_scorer=(fidelity_scorer(data.runner, data.verify)
                        if data.runner is not None and data.verify is not None else None),
-        progress=progress, precision=graph.precision,
+        progress=progress, precision=graph.precision, timing=timing,
     )
     if problem is None:
         return _uniform(graph, data, database, realizer, report, config, out_path, started)
@@ -476,13 +482,14 @@ def _calibrate(graph: Analysed, config: PruneConfig, report: Report,
 
 
 def _time(graph: Analysed, config: PruneConfig, report: Report,
-          progress: Progress | None) -> AllocationProblem:
+          progress: Progress | None, timing: TimingSource = MEASURED) -> AllocationProblem:
     """The latency table and the allocation problem; refuse a target beyond the bound."""
     problem = build_problem(graph.model, graph.analysis, graph.candidates, graph.options,
-                            graph.runtime, config, progress=progress)
+                            graph.runtime, config, progress=progress, timing=timing)
     problem.anchor(graph.model, graph.runtime, synthetic_feed(graph.bound_shapes.as_tuples()),
                    progress=lambda done, total: _emit(progress, "measuring the Amdahl bound",
-                                                      done, total))
+                                                      done, total),
+                   sessions=config.verify_sessions, seconds=config.verify_seconds, timing=timing)
     report.amdahl_bound = problem.amdahl_bound
     report.amdahl_bound_spread = problem.bound_spread
     report.amdahl_bound_predicted = problem.predicted_bound

@@ -20,10 +20,19 @@ import onnx
 from onnxprune.allocate.dp import LayerChoices
 from onnxprune.config import PruneConfig
 from onnxprune.graph.candidates import Candidate, GraphAnalysis
-from onnxprune.latency.anchor import MeasuredBound, fastest_model, measure_bound, saving_scale_for
-from onnxprune.latency.table import LatencyTable, build_latency_table
+from onnxprune.latency.anchor import (
+    BOUND_SECONDS,
+    BOUND_SESSIONS,
+    MeasuredBound,
+    bound_of,
+    fastest_choice,
+    saving_scale_for,
+)
+from onnxprune.latency.source import MEASURED, TimingSource
+from onnxprune.latency.table import LatencyTable
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight
 from onnxprune.layouts.registry import LAYOUTS
+from onnxprune.materialize import materialize
 from onnxprune.runtime import RuntimeConfig
 
 logger = logging.getLogger("onnxprune")
@@ -111,15 +120,27 @@ class AllocationProblem:
 
     def anchor(self, model: onnx.ModelProto, runtime: RuntimeConfig,
                feed: Mapping[str, np.ndarray],
-               progress: Callable[[int, int], None] | None = None) -> MeasuredBound:
+               progress: Callable[[int, int], None] | None = None, *,
+               sessions: int = BOUND_SESSIONS, seconds: float = BOUND_SECONDS,
+               timing: TimingSource = MEASURED) -> MeasuredBound:
         """Measure the all-fastest model and scale every saving so the table agrees with it.
 
         See :mod:`onnxprune.latency.anchor`. The dense end of the table is exact already; after
         this its fastest end is too, so the DP's budget and the bound come from measurements
-        at both ends.
+        at both ends. ``timing`` takes the measurement (fresh session pairs on the EP, or a
+        synthetic source in tests).
         """
-        model_b = fastest_model(model, self.candidates, self.fastest_options())
-        measured = measure_bound(model, model_b, feed, runtime, progress=progress)
+        fastest = self.fastest_options()
+        chosen = fastest_choice(self.candidates, fastest)
+        model_b = materialize(model, self.candidates, chosen)
+        if progress:
+            progress(0, sessions)
+        result = timing.speed(model.SerializeToString(), model_b, {"synthetic": feed}, runtime,
+                              sessions=sessions, seconds=seconds, chosen=chosen,
+                              predicted=self.speedup_of(fastest))
+        if progress:
+            progress(sessions, sessions)
+        measured = bound_of(result)
         self.anchor_to(measured)
         return measured
 
@@ -210,17 +231,16 @@ def build_problem(
     runtime: RuntimeConfig,
     config: PruneConfig,
     progress: Callable[[str, int, int], None] | None = None,
+    timing: TimingSource = MEASURED,
 ) -> AllocationProblem:
-    """Time every option (cached), then keep only the options worth solving."""
+    """Time every option (cached; or ask ``timing``), then keep only the options worth solving."""
 
     def on_progress(done: int, total: int, description: str) -> None:
         if progress:
             progress("timing layer options", done, total)
 
-    table = build_latency_table(
-        model, analysis, {name: list(opts) for name, opts in options.items()}, runtime,
-        cache_dir=config.cache_dir, progress=on_progress,
-    )
+    table = timing.table(model, analysis, options, runtime, cache_dir=config.cache_dir,
+                         progress=on_progress)
     return problem_from_table(table, candidates)
 
 

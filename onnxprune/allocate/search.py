@@ -20,6 +20,11 @@ from onnxprune.allocate.dp import LayerChoices, solve_dp
 
 logger = logging.getLogger("onnxprune")
 
+EXHAUSTED_AFTER = 200
+"""Coefficient vectors tried in a row without a new allocation before the search stops: a small
+model has fewer distinct allocations than an evaluation budget (``--search-budget 200e``), and
+without this the search would spin until its one-hour time cap."""
+
 
 @dataclass(frozen=True)
 class SearchResult:
@@ -64,13 +69,17 @@ def spdy_search(
     rng = np.random.default_rng(seed)
     deadline = time.monotonic() + seconds
     cache: dict[tuple[int, ...], float] = {}
+    repeats = 0  # coefficient vectors in a row that gave an allocation already scored
 
     def evaluate(coefs: np.ndarray) -> tuple[list[int] | None, float]:
+        nonlocal repeats
+        repeats += 1
         choice = solve_dp(layers, budget, coefs)
         if choice is None:
             return None, np.inf
         key = tuple(choice)
         if key not in cache:
+            repeats = 0
             cache[key] = float(score(choice))
             if progress:
                 progress(len(cache), min(cache.values()))
@@ -89,7 +98,8 @@ def spdy_search(
         random_starts = 0
 
     def out_of_budget() -> bool:
-        return time.monotonic() >= deadline or len(cache) >= max_evaluations
+        return (time.monotonic() >= deadline or len(cache) >= max_evaluations
+                or repeats >= EXHAUSTED_AFTER)
 
     for _ in range(random_starts):
         if out_of_budget():

@@ -6,6 +6,9 @@
   graph nodes (:func:`profile_model`), and the fixed base time.
 - :mod:`~onnxprune.latency.table`: the per-candidate, per-option :class:`LatencyTable` with its
   on-disk cache (:func:`build_latency_table`).
+- :mod:`~onnxprune.latency.source`: where a run's speed numbers come from (:class:`TimingSource`;
+  the default measures), and :mod:`~onnxprune.latency.synthetic`, a seeded made-up source for
+  tests and the fuzzer.
 """
 
 from onnxprune.latency.measure import PairResult, Timing, bench_pair, time_model

@@ -62,13 +62,12 @@ class MeasuredBound:
                 "sessions": [s.speedup_median for s in self.result.sessions]}
 
 
-def fastest_model(
-    model: onnx.ModelProto,
+def fastest_choice(
     candidates: Sequence[Candidate],
     options: Mapping[str, LayoutOption],
     seed: int = 0,
-) -> onnx.ModelProto:
-    """``model`` with every candidate rewritten to ``options[name]`` (random masks, timing only).
+) -> dict[str, PrunedWeight]:
+    """A solution per non-dense ``options[name]`` with random masks (timing only, no data).
 
     Structure options keep their first ``keep`` channels (which ones does not change the speed);
     every other layout picks its mask from random scores with its own picker, as isolated timing
@@ -76,7 +75,6 @@ def fastest_model(
     """
     from onnxprune.layouts.isolate import RandomMaskSolver
     from onnxprune.layouts.registry import get_layout
-    from onnxprune.materialize import materialize
 
     rng = np.random.default_rng(seed)
     chosen: dict[str, PrunedWeight] = {}
@@ -89,7 +87,19 @@ def fastest_model(
         else:
             solver = RandomMaskSolver(to_rows(cand, cand.weight), rng)
             chosen[cand.name] = get_layout(option.layout).solve(cand, solver, option)
-    return materialize(model, candidates, chosen)
+    return chosen
+
+
+def fastest_model(
+    model: onnx.ModelProto,
+    candidates: Sequence[Candidate],
+    options: Mapping[str, LayoutOption],
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """``model`` with every candidate rewritten to ``options[name]`` (:func:`fastest_choice`)."""
+    from onnxprune.materialize import materialize
+
+    return materialize(model, candidates, fastest_choice(candidates, options, seed))
 
 
 def _structure_choice(candidate: Candidate, option: LayoutOption) -> PrunedWeight:
@@ -120,6 +130,11 @@ def measure_bound(
     """Time ``fastest`` against ``dense`` in fresh interleaved session pairs."""
     result = bench_sessions(dense, fastest, {"synthetic": feed}, runtime, sessions=sessions,
                             seconds=seconds, progress=progress)
+    return bound_of(result)
+
+
+def bound_of(result: SpeedResult) -> MeasuredBound:
+    """The median over sessions, with ≈ 2 standard errors of it (relative) as its spread."""
     medians = np.asarray([s.speedup_median for s in result.sessions], dtype=np.float64)
     speedup = result.speedup
     if len(medians) > 1 and speedup > 0:

@@ -76,12 +76,17 @@ class ConstantSlice:
 class ShapeEdit:
     """A constant shape entry that names the channel count: ``node.input[input_index]``'s element
     ``position`` becomes ``width · group`` (a Reshape target, or one piece of a Concat that
-    builds it)."""
+    builds it).
+
+    ``known`` is the piece's value when it is computed at run time from a static dimension
+    (TorchScript exports build ``[batch, seq, Shape(x)[2]]``): it is then replaced by a constant.
+    """
 
     node: str
     position: int
     group: int
     input_index: int = 1
+    known: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -227,6 +232,7 @@ class _Walk:
     batchnorms: list[str] = field(default_factory=list)
     reshapes: list[ShapeEdit] = field(default_factory=list)
     pending: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    fixed: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
 
 
 def find_structures(
@@ -318,6 +324,7 @@ def _follow(graph: _Graph, producer: Candidate, single: Mapping[str, Candidate],
         consumer=consumer.name, members=members, width=walk.width, consumer_group=group,
         slices=tuple(walk.slices), depthwise=tuple(walk.depthwise),
         batchnorms=tuple(walk.batchnorms), reshapes=tuple(walk.reshapes),
+        fixed_shapes=tuple(walk.fixed),
     )
 
 
@@ -418,6 +425,8 @@ def _step(graph: _Graph, walk: _Walk, tensor: str, node: onnx.NodeProto,
         if not mapped:
             raise _Blocked(f"{op} {name!r} moves the channel axis unpredictably")
         return _carry(walk, node, node.output[0], mapped[0], group)
+    if op == "Shape" and rank is not None and _reads_other_dims_only(graph, node, rank, axis):
+        return []  # reads the batch or length, which removing channels does not change
     reason = {
         "Concat": "concatenates the channels with other tensors",
         "Split": "splits the channels",
@@ -479,13 +488,19 @@ def _reshape(graph: _Graph, walk: _Walk, node: onnx.NodeProto, tensor: str, axis
         new_group = inner // trailing
         if node.op_type == "Reshape":
             target = graph.constant(node.input[1])
-            if target is None:
-                raise _Blocked(f"Reshape {node.name!r} with a run-time target")
-            entry = int(target.reshape(-1)[position])
+            if target is None:  # built by a Concat (TorchScript's x.view(x.size(0), -1))
+                concat, index, at, entry, known = _concat_piece(graph, node, position)
+                edit = ShapeEdit(concat.name, at, new_group, index, known)
+                fixed = list(out_shape)
+                fixed[position] = -1
+                walk.fixed.append((node.name, tuple(fixed)))
+            else:
+                entry = int(target.reshape(-1)[position])
+                edit = ShapeEdit(node.name, position, new_group)
             if entry not in (-1, 0, out_shape[position]):
                 raise _Blocked(f"Reshape {node.name!r} target does not match its output")
             if entry == out_shape[position]:
-                walk.reshapes.append(ShapeEdit(node.name, position, new_group))
+                walk.reshapes.append(edit)
         elif int(_attr(node, "axis", 1)) != position:
             continue
         return _carry(walk, node, node.output[0], position, new_group)
@@ -528,6 +543,80 @@ def _single_reader(graph: _Graph, tensor: str) -> onnx.NodeProto:
     if len(readers) != 1 or tensor in graph.outputs:
         raise _Blocked(f"{tensor!r} is read by {len(readers)} nodes")
     return readers[0]
+
+
+def _reads_other_dims_only(graph: _Graph, node: onnx.NodeProto, rank: int, axis: int) -> bool:
+    """A ``Shape`` whose every use picks a dimension other than the channel ``axis`` with a
+    constant ``Gather`` (TorchScript exports read batch and length this way): removing channels
+    does not change what it computes."""
+    if node.op_type != "Shape" or _attr(node, "start") is not None or \
+            _attr(node, "end") is not None or node.output[0] in graph.outputs:
+        return False
+    for use in graph.consumers.get(node.output[0], []):
+        index = graph.constant(use.input[1]) if use.op_type == "Gather" else None
+        if index is None or index.size != 1 or int(index.reshape(-1)[0]) % rank == axis:
+            return False
+    return True
+
+
+def _projection_reader(graph: _Graph, tensor: str) -> onnx.NodeProto:
+    """The single reader of a head-side tensor, not counting ``Shape`` nodes that only read its
+    leading dimensions."""
+    rank = graph.rank(tensor)
+    readers = [r for r in graph.consumers.get(tensor, [])
+               if rank is None or not _reads_other_dims_only(graph, r, rank, rank - 1)]
+    if len(readers) != 1 or tensor in graph.outputs:
+        raise _Blocked(f"{tensor!r} is read by {len(readers)} nodes")
+    return readers[0]
+
+
+def _concat_piece(graph: _Graph, reshape: onnx.NodeProto, position: int
+                  ) -> tuple[onnx.NodeProto, int, int, int, tuple[int, ...] | None]:
+    """Where entry ``position`` of a Reshape target built by a Concat comes from.
+
+    Returns:
+        (the Concat, its input index, the position in that piece, the entry's value, the piece's
+        value when it is computed at run time from a static dimension, else None).
+    """
+    concat = graph.producer.get(reshape.input[1])
+    if concat is None or concat.op_type != "Concat":
+        raise _Blocked(f"Reshape {reshape.name!r} target is computed in an unknown way")
+    offset = 0
+    for index, piece in enumerate(concat.input):
+        piece_shape = graph.shapes.get(piece)
+        length = int(piece_shape[0]) if piece_shape else 1
+        if offset <= position < offset + length:
+            value, known = graph.constant(piece), None
+            if value is None:
+                value = _static_piece(graph, piece)
+                known = None if value is None else tuple(int(v) for v in value.reshape(-1))
+            if value is None:
+                raise _Blocked(f"Reshape {reshape.name!r} takes the channel count at run time")
+            return concat, index, position - offset, int(value.reshape(-1)[position - offset]), \
+                known
+        offset += length
+    raise _Blocked(f"Reshape {reshape.name!r} target is shorter than its output")
+
+
+def _static_piece(graph: _Graph, piece: str) -> np.ndarray | None:
+    """The value of a run-time shape piece ``Unsqueeze(Gather(Shape(t), i))`` when ``t``'s
+    dimension ``i`` is static (None otherwise)."""
+    unsqueeze = graph.producer.get(piece)
+    if unsqueeze is None or unsqueeze.op_type != "Unsqueeze":
+        return None
+    gather = graph.producer.get(unsqueeze.input[0])
+    if gather is None or gather.op_type != "Gather":
+        return None
+    index = graph.constant(gather.input[1])
+    shape_node = graph.producer.get(gather.input[0])
+    if index is None or index.size != 1 or shape_node is None or \
+            shape_node.op_type != "Shape" or _attr(shape_node, "start") is not None:
+        return None
+    dims = graph.shapes.get(shape_node.input[0])
+    if dims is None:
+        return None
+    dim = dims[int(index.reshape(-1)[0]) % len(dims)]
+    return np.array([dim], np.int64) if isinstance(dim, (int, np.integer)) else None
 
 
 def _match_attention(graph: _Graph, softmax: onnx.NodeProto,
@@ -627,7 +716,7 @@ def _trace_side(graph: _Graph, tensor: str, heads: int, single: Mapping[str, Can
             break
         if node.op_type not in _SIDE_OPS:
             raise _Blocked(f"{node.op_type} {node.name!r} between a projection and the core")
-        _single_reader(graph, node.output[0])
+        _projection_reader(graph, node.output[0])
         chain.append(node)
         variables = [i for i in node.input if i and graph.constant(i) is None]
         if node.op_type == "Reshape":
@@ -697,11 +786,18 @@ def _shape_edit(graph: _Graph, reshape: onnx.NodeProto, position: int, heads: in
         length = int(piece_shape[0]) if piece_shape else 1
         if offset <= position < offset + length:
             value = graph.constant(piece)
+            known = None
+            if value is None:
+                value = known = _static_piece(graph, piece)
             if value is None:
                 raise _Blocked(f"Reshape {reshape.name!r} takes the head count at run time")
             entry = int(value.reshape(-1)[position - offset])
             if entry == heads * group:
-                side.edits.append(ShapeEdit(concat.name, position - offset, group, index))
+                side.edits.append(ShapeEdit(
+                    concat.name, position - offset, group, index,
+                    None if known is None else tuple(int(v) for v in known)))
+            elif known is not None:
+                raise _Blocked(f"Reshape {reshape.name!r} takes the head count at run time")
             elif entry not in (-1, 0):
                 raise _Blocked(f"Reshape {reshape.name!r} target names another head count")
             side.fixed.append((reshape.name, tuple(fixed)))

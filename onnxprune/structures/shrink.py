@@ -169,7 +169,8 @@ def _cut_members(model: onnx.ModelProto, nodes: Mapping[str, onnx.NodeProto], wr
         if edit.node not in nodes:
             continue  # an isolated subgraph: its run-time shapes were fixed with -1 instead
         node = nodes[edit.node]
-        target = _constant(model, node.input[edit.input_index]).copy()
+        target = (np.asarray(edit.known, dtype=np.int64) if edit.known is not None
+                  else _constant(model, node.input[edit.input_index]).copy())
         target.reshape(-1)[edit.position] = width * edit.group
         node.input[edit.input_index] = writer.add(f"{node.name}/shape", target)
 
