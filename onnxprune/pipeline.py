@@ -376,7 +376,8 @@ def _time(graph: Analysed, config: PruneConfig, report: Report,
                             graph.runtime, config, progress=progress)
     problem.anchor(graph.model, graph.runtime, synthetic_feed(graph.bound_shapes.as_tuples()),
                    progress=lambda done, total: _emit(progress, "measuring the Amdahl bound",
-                                                      done, total))
+                                                      done, total),
+                   sessions=config.verify_sessions, seconds=config.verify_seconds)
     report.amdahl_bound = problem.amdahl_bound
     report.amdahl_bound_spread = problem.bound_spread
     report.amdahl_bound_predicted = problem.predicted_bound

@@ -20,7 +20,14 @@ import onnx
 from onnxprune.allocate.dp import LayerChoices
 from onnxprune.config import PruneConfig
 from onnxprune.graph.candidates import Candidate, GraphAnalysis
-from onnxprune.latency.anchor import MeasuredBound, fastest_model, measure_bound, saving_scale_for
+from onnxprune.latency.anchor import (
+    BOUND_SECONDS,
+    BOUND_SESSIONS,
+    MeasuredBound,
+    fastest_model,
+    measure_bound,
+    saving_scale_for,
+)
 from onnxprune.latency.table import LatencyTable, build_latency_table
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight
 from onnxprune.layouts.registry import LAYOUTS
@@ -111,7 +118,8 @@ class AllocationProblem:
 
     def anchor(self, model: onnx.ModelProto, runtime: RuntimeConfig,
                feed: Mapping[str, np.ndarray],
-               progress: Callable[[int, int], None] | None = None) -> MeasuredBound:
+               progress: Callable[[int, int], None] | None = None, *,
+               sessions: int = BOUND_SESSIONS, seconds: float = BOUND_SECONDS) -> MeasuredBound:
         """Measure the all-fastest model and scale every saving so the table agrees with it.
 
         See :mod:`onnxprune.latency.anchor`. The dense end of the table is exact already; after
@@ -119,7 +127,8 @@ class AllocationProblem:
         at both ends.
         """
         model_b = fastest_model(model, self.candidates, self.fastest_options())
-        measured = measure_bound(model, model_b, feed, runtime, progress=progress)
+        measured = measure_bound(model, model_b, feed, runtime, progress=progress,
+                                 sessions=sessions, seconds=seconds)
         self.anchor_to(measured)
         return measured
 
