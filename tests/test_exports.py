@@ -17,8 +17,9 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxprune import PruneConfig, prune
+from onnxprune import PruneConfig
 from onnxprune.errors import TargetUnreachableError, UserError
+from onnxprune.pipeline import prune
 from tests.fuzz.reference import RecordingTiming, assert_matches_masked_dense, masked_dense
 
 EXPORTS = Path(__file__).resolve().parent / "data" / "exports"

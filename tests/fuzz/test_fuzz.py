@@ -1,7 +1,7 @@
 """The whole pipeline on random graphs: every run is exact against masked-dense, or refused.
 
 Each example builds a random graph (:mod:`tests.fuzz.graphs`), random calibration data and a
-random configuration, and runs :func:`onnxprune.prune` with the seeded synthetic latency source,
+random configuration, and runs :func:`onnxprune.pipeline.prune` with the seeded synthetic latency source,
 so analysis, structure discovery, options, reconstruction, allocation, materialization and the
 library's own checks all run for real, deterministically and in well under a second. Allowed
 outcomes: a written model that passes ``onnx.checker``, loads in ONNX Runtime, and equals the
@@ -26,8 +26,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from onnxprune import PruneConfig, prune
+from onnxprune import PruneConfig
 from onnxprune.errors import TargetUnreachableError, UserError
+from onnxprune.pipeline import prune
 from tests.fuzz.graphs import SEQ, STARTS, Recipe, build, random_feed
 from tests.fuzz.reference import (
     PRUNE_BATCH,

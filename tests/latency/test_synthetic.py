@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxprune import PruneConfig, prune
+from onnxprune import PruneConfig
 from onnxprune.latency.synthetic import SyntheticTiming
 from onnxprune.layouts.base import DENSE, LayoutOption
+from onnxprune.pipeline import prune
 from tests.fuzz.graphs import Recipe, build
 
 
