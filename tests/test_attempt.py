@@ -5,7 +5,6 @@ from __future__ import annotations
 import onnx
 import pytest
 
-import onnxprune.attempt as attempt_module
 from onnxprune.attempt import Attempt, Realizer
 from onnxprune.config import PruneConfig
 from onnxprune.latency.measure import PairResult, SpeedResult
@@ -16,19 +15,23 @@ def _result(*speedups: float) -> SpeedResult:
     return SpeedResult(tuple(PairResult(s, s, s, 1.0, 1.0 / s, 10) for s in speedups))
 
 
+class _ScriptedTiming:
+    """A timing source that answers the final measurement from a script, and counts calls."""
+
+    def __init__(self, results: list[SpeedResult]) -> None:
+        self.results, self.calls = results, []
+
+    def speed(self, dense, pruned, feeds, runtime, *, sessions, seconds, chosen, predicted):
+        self.calls.append(sessions)
+        return self.results[len(self.calls) - 1]
+
+
 @pytest.fixture
-def realizer_and_calls(monkeypatch):
-    results = [_result(2.1, 2.1, 1.9, 2.2, 1.8), _result(2.1, 2.2, 2.1, 2.0, 2.2)]
-    calls = []
-
-    def fake_bench(*args, **kwargs):
-        calls.append(kwargs.get("sessions"))
-        return results[len(calls) - 1]
-
-    monkeypatch.setattr(attempt_module, "bench_sessions", fake_bench)
+def realizer_and_calls():
+    timing = _ScriptedTiming([_result(2.1, 2.1, 1.9, 2.2, 1.8), _result(2.1, 2.2, 2.1, 2.0, 2.2)])
     realizer = Realizer(PruneConfig(speedup=2.0), onnx.ModelProto(), b"", (),
-                        RuntimeConfig(), {"synthetic": {}}, {})
-    return realizer, calls
+                        RuntimeConfig(), {"synthetic": {}}, {}, timing=timing)
+    return realizer, timing.calls
 
 
 def test_median_met_but_lower_quartile_not_measures_as_many_sessions_again(realizer_and_calls):

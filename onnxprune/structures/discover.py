@@ -570,7 +570,8 @@ def _projection_reader(graph: _Graph, tensor: str) -> onnx.NodeProto:
     return readers[0]
 
 
-def _concat_piece(graph: _Graph, reshape: onnx.NodeProto, position: int
+def _concat_piece(graph: _Graph, reshape: onnx.NodeProto, position: int,
+                  what: str = "channel count",
                   ) -> tuple[onnx.NodeProto, int, int, int, tuple[int, ...] | None]:
     """Where entry ``position`` of a Reshape target built by a Concat comes from.
 
@@ -591,7 +592,7 @@ def _concat_piece(graph: _Graph, reshape: onnx.NodeProto, position: int
                 value = _static_piece(graph, piece)
                 known = None if value is None else tuple(int(v) for v in value.reshape(-1))
             if value is None:
-                raise _Blocked(f"Reshape {reshape.name!r} takes the channel count at run time")
+                raise _Blocked(f"Reshape {reshape.name!r} takes the {what} at run time")
             return concat, index, position - offset, int(value.reshape(-1)[position - offset]), \
                 known
         offset += length
@@ -777,33 +778,14 @@ def _shape_edit(graph: _Graph, reshape: onnx.NodeProto, position: int, heads: in
         elif entry not in (-1, 0):
             raise _Blocked(f"Reshape {reshape.name!r} target names another head count")
         return
-    concat = graph.producer.get(reshape.input[1])
-    if concat is None or concat.op_type != "Concat":
-        raise _Blocked(f"Reshape {reshape.name!r} target is computed in an unknown way")
-    offset = 0
-    for index, piece in enumerate(concat.input):
-        piece_shape = graph.shapes.get(piece)
-        length = int(piece_shape[0]) if piece_shape else 1
-        if offset <= position < offset + length:
-            value = graph.constant(piece)
-            known = None
-            if value is None:
-                value = known = _static_piece(graph, piece)
-            if value is None:
-                raise _Blocked(f"Reshape {reshape.name!r} takes the head count at run time")
-            entry = int(value.reshape(-1)[position - offset])
-            if entry == heads * group:
-                side.edits.append(ShapeEdit(
-                    concat.name, position - offset, group, index,
-                    None if known is None else tuple(int(v) for v in known)))
-            elif known is not None:
-                raise _Blocked(f"Reshape {reshape.name!r} takes the head count at run time")
-            elif entry not in (-1, 0):
-                raise _Blocked(f"Reshape {reshape.name!r} target names another head count")
-            side.fixed.append((reshape.name, tuple(fixed)))
-            return
-        offset += length
-    raise _Blocked(f"Reshape {reshape.name!r} target is shorter than its output")
+    concat, index, in_piece, entry, known = _concat_piece(graph, reshape, position, "head count")
+    if entry == heads * group:
+        side.edits.append(ShapeEdit(concat.name, in_piece, group, index, known))
+    elif known is not None:
+        raise _Blocked(f"Reshape {reshape.name!r} takes the head count at run time")
+    elif entry not in (-1, 0):
+        raise _Blocked(f"Reshape {reshape.name!r} target names another head count")
+    side.fixed.append((reshape.name, tuple(fixed)))
 
 
 def _merge_heads(graph: _Graph, tensor: str, heads: int, head_dim: int,
