@@ -31,9 +31,8 @@ import numpy as np
 import onnx
 
 from onnxprune.graph.candidates import Candidate
-from onnxprune.latency.measure import SpeedResult, bench_sessions
+from onnxprune.latency.measure import SpeedResult
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight, to_rows
-from onnxprune.runtime import RuntimeConfig
 
 logger = logging.getLogger("onnxprune")
 
@@ -41,6 +40,13 @@ BOUND_SESSIONS = 5
 """Fresh session pairs the all-fastest model is timed in."""
 BOUND_SECONDS = 5.0
 """Wall-clock budget of those pairs, over all sessions."""
+BOUND_PRECISION = 0.05
+"""Sessions are added, :data:`BOUND_SESSIONS` at a time, until the bound's spread (≈ 2 standard
+errors) is at most this, relative: a model that runs in a fraction of a millisecond at its
+fastest differs by ±30% from one fresh session to the next (digits CNN: 5.0 to 9.6x over five),
+where a 90 ms one differs by ±3%."""
+BOUND_MAX_ROUNDS = 4
+"""At most this many rounds of :data:`BOUND_SESSIONS` sessions."""
 
 
 @dataclass(frozen=True)
@@ -115,22 +121,6 @@ def _structure_choice(candidate: Candidate, option: LayoutOption) -> PrunedWeigh
         mask[rows] = True
     weight = np.where(mask, candidate.weight, 0.0).astype(np.float32)
     return PrunedWeight(option, mask, weight, 0.0)
-
-
-def measure_bound(
-    dense: onnx.ModelProto | bytes,
-    fastest: onnx.ModelProto | bytes,
-    feed: Mapping[str, np.ndarray],
-    runtime: RuntimeConfig,
-    *,
-    sessions: int = BOUND_SESSIONS,
-    seconds: float = BOUND_SECONDS,
-    progress: Callable[[int, int], None] | None = None,
-) -> MeasuredBound:
-    """Time ``fastest`` against ``dense`` in fresh interleaved session pairs."""
-    result = bench_sessions(dense, fastest, {"synthetic": feed}, runtime, sessions=sessions,
-                            seconds=seconds, progress=progress)
-    return bound_of(result)
 
 
 def bound_of(result: SpeedResult) -> MeasuredBound:

@@ -1,9 +1,9 @@
 """The whole pipeline on random graphs: every run is exact against masked-dense, or refused.
 
 Each example builds a random graph (:mod:`tests.fuzz.graphs`), random calibration data and a
-random configuration, and runs :func:`onnxprune.pipeline.prune` with the seeded synthetic latency source,
-so analysis, structure discovery, options, reconstruction, allocation, materialization and the
-library's own checks all run for real, deterministically and in well under a second. Allowed
+random configuration, and runs :func:`onnxprune.pipeline.prune` with the seeded synthetic latency
+source, so analysis, structure discovery, options, reconstruction, allocation, materialization and
+the library's own checks all run for real, deterministically and in well under a second. Allowed
 outcomes: a written model that passes ``onnx.checker``, loads in ONNX Runtime, and equals the
 masked-dense model (the input model with the chosen weights written in) on random inputs at
 batch sizes and sequence lengths it was not pruned at; or a refusal with exit code 2 or 3
