@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Issue 14: three cold `onnxprune profile` runs per model (fresh cache each), their JSON and wall
+# time into OUTDIR; then `python benchmarks/profile_stability.py OUTDIR` prints the table of
+# docs/measurement.md. Run from the repository root on a quiet machine (~10 min):
+#     bash benchmarks/profile_stability.sh /tmp/stability
+set -u
+OUT=${1:?usage: profile_stability.sh OUTDIR}; mkdir -p "$OUT"
+B=.cache/bench
+run() { name=$1; shift; model=$1; shift
+  for i in 1 2 3; do
+    cache=$(mktemp -d)
+    s=$(date +%s.%N)
+    .venv/bin/onnxprune profile "$model" "$@" --threads 2 --cache-dir "$cache" -q \
+        --json "$OUT/$name$i.json" > "$OUT/$name$i.txt" 2>&1
+    e=$(date +%s.%N); echo "$name $i $(echo "$e - $s" | bc)" >> "$OUT/wall.txt"
+    rm -rf "$cache"
+  done; }
+run mlp models/digits_mlp.onnx --shape input=256x64
+run cnn models/digits_cnn.onnx --shape input=256x1x8x8
+run transformer models/digits_transformer.onnx --shape input=256x8x8
+run mnist $B/mnist_cnn.onnx --shape input=64x1x28x28
+run minilm $B/minilm_l6.onnx --shape input_ids=8x128 --shape attention_mask=8x128
+run effnet $B/effnet_lite0.onnx --shape input=8x3x224x224
