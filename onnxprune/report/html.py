@@ -122,8 +122,12 @@ def _headline(data: dict) -> str:
     cards.append(_card("predicted", "–" if predicted is None else f"{predicted:.2f}x",
                        "from the latency table", "predicted"))
     bound = data.get("amdahl_bound")
-    cards.append(_card("Amdahl bound", "–" if bound is None else f"{bound:.2f}x",
-                       "every prunable node at its fastest option", "amdahl"))
+    bound_spread = (data.get("amdahl_bound_spread") or 0.0) * (bound or 0.0)
+    predicted_bound = data.get("amdahl_bound_predicted")
+    cards.append(_card(
+        "Amdahl bound", "–" if bound is None else f"{bound:.2f}x",
+        f"measured ± {bound_spread:.2f}: every prunable node at its fastest option"
+        + (f"; the table alone: {predicted_bound:.2f}x" if predicted_bound else ""), "amdahl"))
     fidelity = data.get("fidelity")
     limit = (data.get("fidelity_bound") or {}).get("max_relative_error")
     if fidelity:
@@ -315,8 +319,9 @@ def render_profile_html(data: dict, notes: Sequence[str] = ()) -> str:
             f'layouts {escape(", ".join(data["layouts"]))}</p>']
     body += [f'<p class="muted">note: {escape(n)}</p>' for n in notes]
     body.append('<div class="cards">' + "".join([
-        _card("Amdahl bound", f"{data['amdahl_bound']:.2f}x", f"± {spread:.2f} (~2 standard "
-              "errors)", "amdahl"),
+        _card("Amdahl bound", f"{data['amdahl_bound']:.2f}x", f"measured ± {spread:.2f} (~2 "
+              "standard errors)" + (f"; the table alone: {data['amdahl_bound_predicted']:.2f}x"
+                                    if data.get("amdahl_bound_predicted") else ""), "amdahl"),
         _card("dense model", f"{_ms(total)} ms", "median over fresh sessions", "total"),
         _card("fixed part", f"{_ms(data['base_s'])} ms",
               f"{data['base_s'] / total:.0%} of the time, not prunable" if total else "",
