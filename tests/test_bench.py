@@ -106,6 +106,14 @@ def test_guard_passes_its_own_record_and_fails_beyond_the_noise(tmp_path):
     assert any("digits_mlp@1.5x: speedup" in f for f in failures)
     assert any("digits_mlp@1.5x: accuracy" in f for f in failures)
 
+    traded = copy.deepcopy(base)  # overshot the target: faster, and less accurate for it
+    first = traded["models"][0]["points"][0]
+    first["metric"]["accuracy"] -= 0.05
+    first["speedup"] *= 1.25
+    assert bench_guard.check(traded, record) == []
+    first["speedup"] /= 1.25 * 1.25  # slower *and* less accurate: both flagged
+    assert len(bench_guard.check(traded, record)) == 2
+
     gone = copy.deepcopy(base)
     del gone["models"][0]["points"][1]["speedup"]
     assert bench_guard.check(gone, record) == ["digits_mlp@2x: no written model this time "
