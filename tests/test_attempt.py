@@ -36,8 +36,7 @@ def realizer_and_calls():
 
 def test_median_met_but_lower_quartile_not_measures_as_many_sessions_again(realizer_and_calls):
     realizer, calls = realizer_and_calls
-    first = _result(2.1, 2.1, 1.9, 2.2, 1.8)
-    assert first.speedup >= 2.0 > first.speedup_low  # undecided on five sessions
+    # The script's first answer is undecided for 2x: median 2.1x, lower quartile 1.9x.
     measured = realizer.measure(Attempt({}, onnx.ModelProto()), target=2.0).measured
     assert calls == [5, 5]
     assert len(measured.sessions) == 10
