@@ -84,13 +84,15 @@ class AllocationProblem:
     :meth:`anchor` sets it so the all-fastest prediction equals the measured bound."""
     measured_bound: MeasuredBound | None = None
 
-    def option_time(self, name: str, option: LayoutOption) -> float:
-        """Predicted in-graph seconds of ``option``: dense minus the (anchored) saving."""
+    def option_time(self, name: str, option: LayoutOption, scale: float | None = None) -> float:
+        """Predicted in-graph seconds of ``option``: dense minus the saving, scaled by
+        ``scale`` (default: :attr:`saving_scale`)."""
+        scale = self.saving_scale if scale is None else scale
         time = self.table.option_time(name, option)
-        if self.saving_scale == 1.0 or option == DENSE:
+        if scale == 1.0 or option == DENSE:
             return time
         dense = self.table.option_time(name, DENSE)
-        return dense - self.saving_scale * (dense - time)
+        return dense - scale * (dense - time)
 
     @property
     def amdahl_bound(self) -> float:
@@ -103,11 +105,7 @@ class AllocationProblem:
     @property
     def predicted_bound(self) -> float:
         """The bound as the latency table alone predicts it (savings not anchored)."""
-        scale, self.saving_scale = self.saving_scale, 1.0
-        try:
-            return self.amdahl_bound
-        finally:
-            self.saving_scale = scale
+        return self.speedup_of(self.fastest_options(), scale=1.0)
 
     def fastest_options(self) -> dict[str, LayoutOption]:
         return {c.name: min(self.options[c.name], key=lambda o, n=c.name: self.option_time(n, o))
@@ -159,16 +157,11 @@ class AllocationProblem:
 
     def anchor_to(self, measured: MeasuredBound) -> None:
         """Scale every saving so the all-fastest prediction equals ``measured``."""
-        self.saving_scale = 1.0
         fastest = self.fastest_options()  # the order of options does not change with the scale
+        predicted = self.speedup_of(fastest, scale=1.0)
+        self.saving_scale = saving_scale_for(lambda k: self.speedup_of(fastest, scale=k),
+                                             measured.speedup)
         self.measured_bound = measured
-
-        def speedup_at(k: float) -> float:
-            self.saving_scale = k
-            return self.speedup_of(fastest)
-
-        predicted = speedup_at(1.0)
-        self.saving_scale = saving_scale_for(speedup_at, measured.speedup)
         logger.info("Amdahl bound: the table predicts %.2fx, the all-fastest model measures "
                     "%.2fx (± %.0f%%); every saving scaled by %.3f", predicted,
                     measured.speedup, 100 * measured.rel_spread, self.saving_scale)
@@ -189,13 +182,16 @@ class AllocationProblem:
     def predicted_speedup(self, chosen: Mapping[str, PrunedWeight]) -> float:
         return self.speedup_of({c.name: chosen[c.name].option for c in self.candidates})
 
-    def speedup_of(self, options: Mapping[str, LayoutOption]) -> float:
-        """Predicted speedup of one option per candidate, chained structures corrected."""
-        prunable = sum(self.option_time(c.name, options[c.name]) for c in self.candidates)
-        prunable += self.chain_correction(options)
+    def speedup_of(self, options: Mapping[str, LayoutOption], scale: float | None = None
+                   ) -> float:
+        """Predicted speedup of one option per candidate, chained structures corrected
+        (``scale``: the factor on savings, default :attr:`saving_scale`)."""
+        prunable = sum(self.option_time(c.name, options[c.name], scale) for c in self.candidates)
+        prunable += self.chain_correction(options, scale)
         return self.total_s / max(self.base_s + prunable, 1e-12)
 
-    def chain_correction(self, options: Mapping[str, LayoutOption]) -> float:
+    def chain_correction(self, options: Mapping[str, LayoutOption],
+                         scale: float | None = None) -> float:
         """Seconds the additive table over-saves where one node shrinks on both sides.
 
         A node that consumes one structure and produces the next appears in both structures'
@@ -215,7 +211,7 @@ class AllocationProblem:
             option = options.get(name)
             if option is None or option.layout != "structure":
                 return 0.0
-            return self.option_time(name, DENSE) - self.option_time(name, option)
+            return self.option_time(name, DENSE) - self.option_time(name, option, scale)
 
         extra = 0.0
         for cand in self.candidates:  # cand consumes S_out, whose producer consumes S_in
