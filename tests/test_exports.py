@@ -64,15 +64,21 @@ def test_the_model_set_covers_both_exporters_every_opset_and_token_inputs():
         assert (EXPORTS / name).stat().st_size < 100_000
 
 
+def _calib(entry: dict, tmp_path):
+    """Four calibration batches of four samples for an exported model."""
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for index in range(4):
+        np.savez(calib / f"b{index}.npz", **_feed(entry, 4, seed=index))
+    return calib
+
+
 @pytest.mark.parametrize("name", sorted(MANIFEST))
 def test_exported_model_is_pruned_exactly_or_refused(name, tmp_path):
     entry = MANIFEST[name]
     source = EXPORTS / name
     before = source.read_bytes()
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    for index in range(4):
-        np.savez(calib / f"b{index}.npz", **_feed(entry, 4, seed=index))
+    calib = _calib(entry, tmp_path)
     out = tmp_path / "out.onnx"
     timing = RecordingTiming(seed=7)
     config = PruneConfig(speedup=1.3, calib_dir=calib, shapes=_shapes(entry, 2), threads=1,
@@ -102,10 +108,7 @@ def test_attention_heads_of_both_exporters_are_found_and_pruned_exactly(name, tm
     declined ("is read by 3 nodes"). Now a head goes, with the run-time d_model piece replaced
     by a constant, exactly."""
     entry = MANIFEST[name]
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    for index in range(4):
-        np.savez(calib / f"b{index}.npz", **_feed(entry, 4, seed=index))
+    calib = _calib(entry, tmp_path)
     out = tmp_path / "out.onnx"
     timing = RecordingTiming(seed=3)
     report = prune(EXPORTS / name, out, PruneConfig(
