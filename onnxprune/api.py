@@ -439,9 +439,9 @@ def profile(
     import onnx
 
     from onnxprune.allocate.budget import problem_from_table
-    from onnxprune.graph.candidates import ensure_node_names, find_candidates
-    from onnxprune.graph.fold import apply_fixes
+    from onnxprune.graph.candidates import find_candidates
     from onnxprune.graph.load import load_model
+    from onnxprune.graph.prepare import prepare_model
     from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs
     from onnxprune.latency.table import build_latency_table
     from onnxprune.layouts.base import DENSE
@@ -453,8 +453,8 @@ def profile(
         model, model_name = model_input, "<onnx.ModelProto>"
     else:
         model, model_name = load_model(model_input), str(model_input)
-    fixed = apply_fixes(model, dict(fix or {}))
-    model = ensure_node_names(fixed.model)
+    prepared = prepare_model(model, fix)  # what prune analyses (graph/prepare.py)
+    model, fixed = prepared.model, prepared.fixed
     bound = bind_input_shapes(model, _shapes(shapes, parse_shape_specs))
     runtime = RuntimeConfig(provider=resolve_provider(provider), threads=threads)
     for name in _names(layouts):

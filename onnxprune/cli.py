@@ -86,19 +86,16 @@ def cli() -> None:
 
 
 def _load(model_path: str, fixes: tuple[str, ...] = ()):
-    return _load_fixed(model_path, fixes).model
+    """The model as the stages see it (graph/prepare.py): pins folded, names, IR version."""
+    return _prepared(model_path, fixes).original
 
 
-def _load_fixed(model_path: str, fixes: tuple[str, ...]):
-    """The model with --fix inputs pinned and the If nodes they decide folded (graph/fold.py)."""
-    from dataclasses import replace
-
-    from onnxprune.graph.candidates import ensure_node_names
-    from onnxprune.graph.fold import apply_fixes, parse_fix_specs
+def _prepared(model_path: str, fixes: tuple[str, ...]):
+    from onnxprune.graph.fold import parse_fix_specs
     from onnxprune.graph.load import load_model
+    from onnxprune.graph.prepare import prepare_model
 
-    fixed = apply_fixes(load_model(model_path), parse_fix_specs(fixes))
-    return replace(fixed, model=ensure_node_names(fixed.model))
+    return prepare_model(load_model(model_path), parse_fix_specs(fixes))
 
 
 _fix_option = click.option(
@@ -118,7 +115,6 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     FFN neurons, attention heads), and every skipped node or structure-less producer with its
     reason."""
     from onnxprune.graph.candidates import find_candidates
-    from onnxprune.graph.precision import widen
     from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs
     from onnxprune.report.inspect import analysis_to_json, render_inspect
     from onnxprune.report.jsonio import write_json
@@ -128,13 +124,13 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     requested = parse_shape_specs(shapes)
     from onnxprune.structures.context import discover_and_attach
 
-    fixed = _load_fixed(model_path, fixes)
-    model = widen(fixed.model)[0]  # fp16/bf16: analysed as prune sees it (float32 twin)
+    prepared = _prepared(model_path, fixes)
+    model = prepared.model  # fp16/bf16: analysed as prune sees it (float32 twin)
     analysis = find_candidates(model, bind_input_shapes(model, requested))
     found = discover_and_attach(model, analysis, analysis.candidates)[3] \
         if analysis.candidates else None
     report = analysis_to_json(analysis, model_path, found)
-    report["fixed"] = fixed.to_json()
+    report["fixed"] = prepared.fixed.to_json()
     if json_path != "-":
         render_inspect(out_console, report)
     if json_path:

@@ -31,11 +31,11 @@ from onnxprune.config import PruneConfig
 from onnxprune.contract import run_contract
 from onnxprune.errors import TargetUnreachableError, UserError
 from onnxprune.fidelity import Fidelity, FidelityBound, describe
-from onnxprune.graph.candidates import Candidate, GraphAnalysis, SkippedNode, ensure_node_names
+from onnxprune.graph.candidates import Candidate, GraphAnalysis, SkippedNode
 from onnxprune.graph.candidates import find_candidates as _find_candidates
-from onnxprune.graph.fold import apply_fixes
-from onnxprune.graph.load import load_model, save_model_atomic, stamp_ir_version
-from onnxprune.graph.precision import LowPrecision, widen
+from onnxprune.graph.load import load_model, save_model_atomic
+from onnxprune.graph.precision import LowPrecision
+from onnxprune.graph.prepare import prepare_model
 from onnxprune.graph.shapes import BoundInputs, bind_input_shapes
 from onnxprune.latency.measure import SpeedResult
 from onnxprune.latency.source import MEASURED, TimingSource
@@ -368,13 +368,12 @@ def prune(
 
 def _analyse(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[Analysed, Report]:
     """Load, bind shapes, find candidates and structures, and the options of each candidate."""
-    # Pinned inputs (--fix) folded first: the dense reference of every comparison is IN with them
-    # pinned. Stamped once with an IR version the installed ORT reads: every session uses it.
-    fixed = apply_fixes(load_model(in_path), config.fix)
-    original = stamp_ir_version(ensure_node_names(fixed.model))
-    # fp16/bf16: every stage works on the float32 twin; the output is lowered back and timed
-    # against the original (see graph/precision.py).
-    model, precision = widen(original)
+    # Pinned inputs folded, names, IR version, float32 twin of half precision (graph/prepare.py):
+    # the dense reference of every comparison is ``original``; the output is lowered back to its
+    # precision and timed against it.
+    prepared = prepare_model(load_model(in_path), config.fix)
+    original, model, precision, fixed = (prepared.original, prepared.model, prepared.precision,
+                                         prepared.fixed)
     bound_shapes = bind_input_shapes(model, config.shapes)
     provider = resolve_provider(config.provider)
     runtime = RuntimeConfig(provider=provider, threads=config.threads)
