@@ -96,13 +96,14 @@ def fastest_choice(
     return chosen
 
 
-def fastest_model(
+def model_with_options(
     model: onnx.ModelProto,
     candidates: Sequence[Candidate],
     options: Mapping[str, LayoutOption],
     seed: int = 0,
 ) -> onnx.ModelProto:
-    """``model`` with every candidate rewritten to ``options[name]`` (:func:`fastest_choice`)."""
+    """``model`` with each candidate rewritten to ``options[name]`` (random masks, timing only):
+    the all-fastest model of the bound, or one candidate's option in context."""
     from onnxprune.materialize import materialize
 
     return materialize(model, candidates, fastest_choice(candidates, options, seed))

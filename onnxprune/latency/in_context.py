@@ -89,7 +89,7 @@ def saving_factor(
     Returns:
         The factor, and each sampled option's measured in-context saving in seconds.
     """
-    from onnxprune.latency.anchor import fastest_model
+    from onnxprune.latency.anchor import model_with_options
 
     dense_payload = model.SerializeToString()
     measured: dict[LayoutOption, float] = {}
@@ -97,7 +97,7 @@ def saving_factor(
     for option, saving in predicted.items():
         ratio = cached(candidate.name, option) if cached is not None else None
         if ratio is None:
-            rewritten = fastest_model(model, candidates, {candidate.name: option})
+            rewritten = model_with_options(model, candidates, {candidate.name: option})
             ratios = [bench_pair(dense_payload, rewritten.SerializeToString(), feed, runtime,
                                  max_seconds=SECONDS).speedup_median for _ in range(SESSIONS)]
             ratio = float(np.median(ratios))

@@ -12,7 +12,7 @@ import pytest
 from onnxprune.allocate.budget import AllocationProblem
 from onnxprune.graph.candidates import find_candidates
 from onnxprune.graph.shapes import bind_input_shapes
-from onnxprune.latency.anchor import MeasuredBound, fastest_model, saving_scale_for
+from onnxprune.latency.anchor import MeasuredBound, model_with_options, saving_scale_for
 from onnxprune.latency.measure import PairResult, SpeedResult
 from onnxprune.latency.table import CandidateLatency, LatencyTable
 from onnxprune.layouts.base import DENSE, LayoutOption
@@ -46,7 +46,7 @@ def test_the_fastest_model_is_valid_and_smaller_where_the_options_say(build, sha
     candidates, chosen = _widest_cut(model, shapes)
     structures = [c for c in candidates if chosen.get(c.name, DENSE).layout == "structure"]
     assert structures, "the builder should give at least one structure"
-    fast = fastest_model(model, candidates, chosen)
+    fast = model_with_options(model, candidates, chosen)
     onnx.checker.check_model(fast, full_check=True)
     before = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     after = sum(int(np.prod(t.dims)) for t in fast.graph.initializer)

@@ -10,7 +10,7 @@ import pytest
 from onnxprune.graph.candidates import find_candidates
 from onnxprune.graph.shapes import bind_input_shapes
 from onnxprune.latency import in_context
-from onnxprune.latency.anchor import fastest_model
+from onnxprune.latency.anchor import model_with_options
 from onnxprune.layouts.base import DENSE, LayoutOption
 from onnxprune.layouts.registry import candidate_options
 from onnxprune.runtime import RuntimeConfig
@@ -56,7 +56,7 @@ def test_what_is_timed_in_context_rewrites_every_site_of_the_shared_weight():
     cand = max(in_context.shared_candidates(analysis.candidates), key=lambda c: len(c.sites))
     option = max((o for o in candidate_options(cand, ["block"]) if o.layout == "block"),
                  key=lambda o: o.level)
-    rewritten = fastest_model(model, analysis.candidates, {cand.name: option})
+    rewritten = model_with_options(model, analysis.candidates, {cand.name: option})
     onnx.checker.check_model(rewritten, full_check=True)
     x = np.random.default_rng(0).standard_normal((3, 6, 32)).astype(np.float32)
     out = ort.InferenceSession(rewritten.SerializeToString(),
