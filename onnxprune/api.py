@@ -419,6 +419,7 @@ def profile(
     layouts: Sequence[str] | str = (),
     cache_dir: str | os.PathLike[str] | None = None,
     fix: Mapping[str, object] | None = None,
+    bound_seconds: float = 60.0,
     progress: bool | Progress = False,
 ) -> ProfileResult:
     """Time every prunable node and its layout options; the reachable speedup (Amdahl bound).
@@ -431,6 +432,8 @@ def profile(
         layouts: layouts considered (default: those fast on the provider).
         cache_dir: latency-table cache folder (None: the user cache folder).
         fix: inputs pinned to a constant (folded away, as :func:`prune` does).
+        bound_seconds: the longest time spent measuring the Amdahl bound: rounds of 5 fresh
+            session pairs (5 s) are added until its spread is within 5%.
         progress: True shows progress on stderr; or a ``(stage, done, total)`` callback.
 
     Returns:
@@ -443,12 +446,15 @@ def profile(
     from onnxprune.graph.load import load_model
     from onnxprune.graph.prepare import prepare_model
     from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs
+    from onnxprune.latency.anchor import BOUND_SECONDS, bound_cache
     from onnxprune.latency.table import build_latency_table
     from onnxprune.layouts.base import DENSE
     from onnxprune.layouts.registry import candidate_options, get_layout, layouts_fast_on
     from onnxprune.runtime import RuntimeConfig, resolve_provider, synthetic_feed
     from onnxprune.structures.context import discover_and_attach, layouts_for
 
+    if not bound_seconds > 0:
+        raise UserError(f"bound_seconds must be greater than 0, got {bound_seconds!r}")
     if isinstance(model_input, onnx.ModelProto):
         model, model_name = model_input, "<onnx.ModelProto>"
     else:
@@ -475,6 +481,8 @@ def profile(
         problem = problem_from_table(table, candidates)
         measured = problem.anchor(
             model, runtime, synthetic_feed(bound.as_tuples()),
+            max_rounds=max(1, round(bound_seconds / BOUND_SECONDS)),
+            cache=bound_cache(Path(cache_dir) if cache_dir is not None else None),
             progress=lambda done, total: callback and callback(
                 "measuring the Amdahl bound", done, total))
     fastest = problem.fastest_options()

@@ -144,6 +144,11 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
               help="Layouts considered for the bound (default: those fast on the provider).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Latency-table cache folder (default: the user cache folder).")
+@click.option("--bound-seconds", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, metavar="S",
+              help="Longest time spent measuring the Amdahl bound. Sessions are added 5 s at a "
+                   "time until its spread is within 5%; a model that runs in well under a "
+                   "millisecond needs the whole minute on a noisy machine.")
 @click.option("--html", "html_path", metavar="FILE", default=None,
               help="Also write the report as one self-contained HTML page to FILE.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
@@ -152,7 +157,8 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
 @_fix_option
 def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: int | None,
             json_path: str | None, layouts: str, cache_dir: Path | None, quiet: bool,
-            log_json: Path | None, fixes: tuple[str, ...], html_path: str | None = None) -> None:
+            log_json: Path | None, fixes: tuple[str, ...], html_path: str | None = None,
+            bound_seconds: float = 60.0) -> None:
     """Time every prunable node of MODEL and its layout options on the provider.
 
     Prints per node the dense time, its share of the total, the fastest option, the predicted vs
@@ -163,7 +169,8 @@ def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     _setup_logging(0, quiet)
     run_profile(model_path, shapes=shapes, provider=provider, threads=threads,
                 json_path=json_path, layouts=layouts, cache_dir=cache_dir, quiet=quiet,
-                console=out_console, log_json=log_json, html_path=html_path, fixes=fixes)
+                console=out_console, log_json=log_json, html_path=html_path, fixes=fixes,
+                bound_seconds=bound_seconds)
 
 
 @cli.command()

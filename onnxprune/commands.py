@@ -150,7 +150,8 @@ def load_bytes(model) -> bytes:
 
 def run_profile(model_path: str, *, shapes, provider, threads, json_path, layouts, cache_dir,
                 quiet, console: Console, log_json: Path | None = None,
-                html_path: str | None = None, fixes: tuple[str, ...] = ()) -> None:
+                html_path: str | None = None, fixes: tuple[str, ...] = (),
+                bound_seconds: float = 60.0) -> None:
     """``onnxprune profile``: the API call, then the table and the JSON."""
     from onnxprune.api import profile
     from onnxprune.graph.fold import parse_fix_specs
@@ -160,7 +161,7 @@ def run_profile(model_path: str, *, shapes, provider, threads, json_path, layout
     with progress_bars(quiet, log_json) as progress:
         result = profile(model_path, shapes=shapes, provider=provider, threads=threads,
                          layouts=layouts, cache_dir=cache_dir, fix=parse_fix_specs(fixes),
-                         progress=progress)
+                         bound_seconds=bound_seconds, progress=progress)
     data = result.to_json()
     if json_path != "-":
         render_profile(console, data, result.notes)

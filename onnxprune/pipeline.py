@@ -37,6 +37,7 @@ from onnxprune.graph.load import load_model, save_model_atomic
 from onnxprune.graph.precision import LowPrecision
 from onnxprune.graph.prepare import prepare_model
 from onnxprune.graph.shapes import BoundInputs, bind_input_shapes
+from onnxprune.latency.anchor import bound_cache
 from onnxprune.latency.measure import SpeedResult
 from onnxprune.latency.source import MEASURED, TimingSource
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight, is_fast_on
@@ -488,7 +489,9 @@ def _time(graph: Analysed, config: PruneConfig, report: Report,
     problem.anchor(graph.model, graph.runtime, synthetic_feed(graph.bound_shapes.as_tuples()),
                    progress=lambda done, total: _emit(progress, "measuring the Amdahl bound",
                                                       done, total),
-                   sessions=config.verify_sessions, seconds=config.verify_seconds, timing=timing)
+                   sessions=config.verify_sessions, seconds=config.verify_seconds,
+                   target=config.speedup, timing=timing,
+                   cache=bound_cache(config.cache_dir) if timing is MEASURED else None)
     report.amdahl_bound = problem.amdahl_bound
     report.amdahl_bound_spread = problem.bound_spread
     report.amdahl_bound_predicted = problem.predicted_bound

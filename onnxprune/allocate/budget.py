@@ -22,17 +22,20 @@ from onnxprune.config import PruneConfig
 from onnxprune.graph.candidates import Candidate, GraphAnalysis
 from onnxprune.latency.anchor import (
     BOUND_MAX_ROUNDS,
-    BOUND_PRECISION,
     BOUND_SECONDS,
     BOUND_SESSIONS,
+    FASTEST_TIE,
+    BoundHistory,
     MeasuredBound,
     bound_of,
     fastest_choice,
     saving_scale_for,
+    settled,
+    still_valid,
 )
 from onnxprune.latency.measure import SpeedResult
 from onnxprune.latency.source import MEASURED, TimingSource
-from onnxprune.latency.table import LatencyTable
+from onnxprune.latency.table import LatencyTable, TimingCache
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight
 from onnxprune.layouts.registry import LAYOUTS
 from onnxprune.materialize import materialize
@@ -108,8 +111,16 @@ class AllocationProblem:
         return self.speedup_of(self.fastest_options(), scale=1.0)
 
     def fastest_options(self) -> dict[str, LayoutOption]:
-        return {c.name: min(self.options[c.name], key=lambda o, n=c.name: self.option_time(n, o))
-                for c in self.candidates}
+        """Each candidate's fastest option; among those the table puts within
+        :data:`FASTEST_TIE` of it (unscaled), the one removing the most weights, so that noise
+        between two narrow widths does not decide which model the bound measures."""
+        fastest = {}
+        for cand in self.candidates:
+            times = {o: self.option_time(cand.name, o, scale=1.0) for o in self.options[cand.name]}
+            best = min(times.values())
+            near = [o for o, t in times.items() if t <= best + FASTEST_TIE * abs(best)]
+            fastest[cand.name] = max(near, key=lambda o, t=times: (o.level, -t[o]))
+        return fastest
 
     @property
     def bound_spread(self) -> float:
@@ -123,6 +134,8 @@ class AllocationProblem:
                feed: Mapping[str, np.ndarray],
                progress: Callable[[int, int], None] | None = None, *,
                sessions: int = BOUND_SESSIONS, seconds: float = BOUND_SECONDS,
+               max_rounds: int = BOUND_MAX_ROUNDS, target: float | None = None,
+               cache: TimingCache | None = None,
                timing: TimingSource = MEASURED) -> MeasuredBound:
         """Measure the all-fastest model and scale every saving so the table agrees with it.
 
@@ -130,6 +143,12 @@ class AllocationProblem:
         this its fastest end is too, so the DP's budget and the bound come from measurements
         at both ends. ``timing`` takes the measurement (fresh session pairs on the EP, or a
         synthetic source in tests).
+
+        Rounds of ``sessions`` fresh session pairs (``seconds`` each round) are added until the
+        bound is :func:`~onnxprune.latency.anchor.settled` — precise, or clearly above or below
+        ``target`` — or ``max_rounds`` rounds have run. With a ``cache``, the sessions of
+        earlier runs on the same all-fastest model are pooled with this run's
+        (:class:`~onnxprune.latency.anchor.BoundHistory`).
         """
         fastest = self.fastest_options()
         chosen = fastest_choice(self.candidates, fastest)
@@ -141,23 +160,33 @@ class AllocationProblem:
                                 seconds=seconds, chosen=chosen,
                                 predicted=self.speedup_of(fastest))
 
+        rounds = max(1, max_rounds)
+        history = BoundHistory(cache, dense, model_b.SerializeToString(), feed, runtime)
+        earlier = history.load()
         if progress:
-            progress(0, sessions)
+            progress(0, rounds * sessions)
         result = more()
-        # A fast model's sessions scatter widely: add sessions until the median is known.
-        for _ in range(BOUND_MAX_ROUNDS - 1):
-            if bound_of(result).rel_spread <= BOUND_PRECISION:
+        if earlier and not still_valid(earlier, result):
+            logger.info("the bound's first round (%.2fx) disagrees with the %d sessions of "
+                        "earlier runs (median %.2fx); measuring it afresh", result.speedup,
+                        len(earlier), float(np.median(earlier)))
+            earlier = []
+        for _ in range(rounds - 1):
+            if progress:
+                progress(len(result.sessions), rounds * sessions)
+            if settled(bound_of(result, earlier), target):
                 break
             result = result.merged(more())
         if progress:
-            progress(sessions, sessions)
-        measured = bound_of(result)
+            progress(rounds * sessions, rounds * sessions)
+        measured = bound_of(result, earlier)
+        history.save(measured)
         self.anchor_to(measured)
         return measured
 
     def anchor_to(self, measured: MeasuredBound) -> None:
         """Scale every saving so the all-fastest prediction equals ``measured``."""
-        fastest = self.fastest_options()  # the order of options does not change with the scale
+        fastest = self.fastest_options()  # chosen on unscaled times: the scale cannot move it
         predicted = self.speedup_of(fastest, scale=1.0)
         self.saving_scale = saving_scale_for(lambda k: self.speedup_of(fastest, scale=k),
                                              measured.speedup)

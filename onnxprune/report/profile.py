@@ -60,7 +60,8 @@ def render_profile(console: Console, data: dict, notes: Sequence[str] = ()) -> N
         console.print(f"[bold]maximum reachable speedup (Amdahl bound): "
                       f"{data['amdahl_bound']:.2f}x ± {data['amdahl_bound'] * spread:.2f}[/bold] "
                       f"(measured: every node at its fastest option, timed against dense in "
-                      f"{len(measured['sessions'])} fresh session pairs: {sessions}; ± ~2 "
+                      f"{len(measured['sessions'])} fresh session pairs{_earlier(measured)}: "
+                      f"{sessions}; ± ~2 "
                       f"standard errors; the latency table alone predicts "
                       f"{data['amdahl_bound_predicted']:.2f}x)")
     else:
@@ -68,3 +69,9 @@ def render_profile(console: Console, data: dict, notes: Sequence[str] = ()) -> N
                       f"{data['amdahl_bound']:.2f}x ± {data['amdahl_bound'] * spread:.2f}[/bold] "
                       "(predicted by the latency table; ± ~2 standard errors)")
     console.print(f"timings: {data['timings_run']} measured, {data['timings_cached']} from cache")
+
+
+def _earlier(measured: dict) -> str:
+    """How many of the bound's sessions come from earlier runs (kept in the latency cache)."""
+    earlier = int(measured.get("sessions_earlier", 0))
+    return f", {earlier} of them from earlier runs" if earlier else ""

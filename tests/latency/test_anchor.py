@@ -101,3 +101,106 @@ def test_anchoring_makes_the_bound_the_measured_one_and_keeps_dense_exact(measur
     a_only = {"a": BLOCK, "b": DENSE}
     expected = 10.0 / (10.0 - 3.0 * problem.saving_scale)
     assert problem.speedup_of(a_only) == pytest.approx(expected)
+
+
+BLOCK_75 = LayoutOption("block", 0.75, (("bk", 8), ("bn", 8), ("keep", 1)))
+
+
+@pytest.mark.parametrize("time_75, expected", [(1.04, BLOCK_75), (1.2, BLOCK), (0.9, BLOCK_75)])
+def test_the_bound_takes_the_option_removing_most_among_equally_fast_ones(time_75, expected):
+    """Two options within FASTEST_TIE of each other tie; the narrower one is the bound's."""
+    table = LatencyTable(
+        candidates=(CandidateLatency("a", ("a",), 4.0,
+                                     ((DENSE, 4.0), (BLOCK, 1.0), (BLOCK_75, time_75))),),
+        base_s=2.0, dense_total_s=6.0, scale=1.0, overhead_s=0.0)
+    problem = AllocationProblem([SimpleNamespace(name="a", structure=None)],
+                                {"a": [DENSE, BLOCK, BLOCK_75]}, table, 6.0, 2.0, "")
+    assert problem.fastest_options() == {"a": expected}
+
+
+class _Scripted:
+    """A timing source whose bound sessions read from a script (one value per session)."""
+
+    def __init__(self, medians):
+        self.medians = list(medians)
+        self.calls = 0
+
+    def speed(self, dense, pruned, feeds, runtime, *, sessions, seconds, chosen, predicted):
+        self.calls += 1
+        taken, self.medians = self.medians[:sessions], self.medians[sessions:]
+        return SpeedResult(tuple(PairResult(m, m, m, 1.0, 1.0 / m, 10) for m in taken))
+
+
+def _ffn_problem():
+    """A real FFN model with its problem from a synthetic (seeded) latency table."""
+    from onnxprune.allocate.budget import problem_from_table
+    from onnxprune.latency.synthetic import SyntheticTiming
+    from onnxprune.runtime import RuntimeConfig
+
+    model = ffn_model(32, ["gelu"])
+    analysis = find_candidates(model, bind_input_shapes(model, {"x": (2, 4, 12)}))
+    analysis, candidates, producers, _ = discover_and_attach(model, analysis,
+                                                             list(analysis.candidates))
+    options = {c.name: candidate_options(c, layouts_for(c, ["block", "structure"], producers))
+               for c in candidates}
+    table = SyntheticTiming(3).table(model, analysis, options, RuntimeConfig(threads=1),
+                                     cache_dir=None, progress=None)
+    feed = {"x": np.zeros((2, 4, 12), np.float32)}
+    return model, problem_from_table(table, candidates), feed
+
+
+NOISY = [4.0, 6.0, 5.0, 3.5, 6.5] * 20  # spread of a round ≈ 25%: never settled by precision
+STEADY = [5.0, 5.05, 4.95, 5.0, 5.02] * 20
+
+
+@pytest.mark.parametrize("script, target, rounds", [
+    (STEADY, None, 1),        # precise after one round
+    (NOISY, None, 4),         # noisy: rounds added up to the cap
+    (NOISY, 1.5, 1),          # a target far below the bound is decided at once
+    (NOISY, 30.0, 1),         # ... and one far above it
+    (NOISY, 5.0, 4),          # a target inside the spread needs every round
+])
+def test_rounds_are_added_until_the_bound_is_precise_or_the_target_decided(script, target,
+                                                                           rounds):
+    from onnxprune.runtime import RuntimeConfig
+
+    model, problem, feed = _ffn_problem()
+    source = _Scripted(script)
+    measured = problem.anchor(model, RuntimeConfig(threads=1), feed, sessions=5, seconds=0.0,
+                              max_rounds=4, target=target, timing=source)
+    assert source.calls == rounds
+    assert len(measured.result.sessions) == 5 * rounds
+    assert problem.amdahl_bound == pytest.approx(measured.speedup, rel=1e-6)
+
+
+def test_later_runs_pool_their_sessions_with_earlier_ones_and_drop_a_stale_pool(tmp_path):
+    from onnxprune.latency.anchor import BOUND_HISTORY, bound_cache
+    from onnxprune.runtime import RuntimeConfig
+
+    runtime, cache = RuntimeConfig(threads=1), bound_cache(tmp_path)
+    model, problem, feed = _ffn_problem()
+    first = problem.anchor(model, runtime, feed, sessions=5, seconds=0.0, max_rounds=1,
+                           cache=cache, timing=_Scripted([5.0, 5.2, 4.8, 5.1, 4.9]))
+    assert first.earlier == () and first.speedup == pytest.approx(5.0)
+    model, problem, feed = _ffn_problem()
+    second = problem.anchor(model, runtime, feed, sessions=5, seconds=0.0, max_rounds=1,
+                            cache=cache, timing=_Scripted([6.0] * 5))
+    assert second.earlier == (5.0, 5.2, 4.8, 5.1, 4.9)  # pooled: the median of all ten
+    assert second.speedup == pytest.approx(5.6) and second.to_json()["sessions_earlier"] == 5
+    assert problem.amdahl_bound == pytest.approx(5.6, rel=1e-6)
+    # A first round 2x off the pool: the machine is not the one the pool describes.
+    model, problem, feed = _ffn_problem()
+    third = problem.anchor(model, runtime, feed, sessions=5, seconds=0.0, max_rounds=1,
+                           cache=cache, timing=_Scripted([12.0] * 5))
+    assert third.earlier == () and third.speedup == pytest.approx(12.0)
+    # The pool keeps the newest BOUND_HISTORY sessions only.
+    for _ in range(BOUND_HISTORY // 5 + 2):
+        model, problem, feed = _ffn_problem()
+        last = problem.anchor(model, runtime, feed, sessions=5, seconds=0.0, max_rounds=1,
+                              cache=cache, timing=_Scripted([12.0] * 5))
+    assert len(last.earlier) == BOUND_HISTORY
+    # Another environment (here: thread count) does not see this pool.
+    model, problem, feed = _ffn_problem()
+    elsewhere = problem.anchor(model, RuntimeConfig(threads=2), feed, sessions=5, seconds=0.0,
+                               max_rounds=1, cache=cache, timing=_Scripted([12.0] * 5))
+    assert elsewhere.earlier == ()
