@@ -419,7 +419,7 @@ def profile(
     layouts: Sequence[str] | str = (),
     cache_dir: str | os.PathLike[str] | None = None,
     fix: Mapping[str, object] | None = None,
-    bound_seconds: float = 60.0,
+    bound_seconds: float = 30.0,
     progress: bool | Progress = False,
 ) -> ProfileResult:
     """Time every prunable node and its layout options; the reachable speedup (Amdahl bound).
