@@ -204,3 +204,16 @@ def test_later_runs_pool_their_sessions_with_earlier_ones_and_drop_a_stale_pool(
     elsewhere = problem.anchor(model, RuntimeConfig(threads=2), feed, sessions=5, seconds=0.0,
                                max_rounds=1, cache=cache, timing=_Scripted([12.0] * 5))
     assert elsewhere.earlier == ()
+
+
+def test_a_narrower_option_dropped_as_dominated_still_ties_for_the_bound():
+    """1.02 against 1.0: dominated for the DP (slower and removes more), equal for the bound."""
+    from onnxprune.allocate.budget import problem_from_table
+
+    table = LatencyTable(
+        candidates=(CandidateLatency("a", ("a",), 4.0,
+                                     ((DENSE, 4.0), (BLOCK, 1.0), (BLOCK_75, 1.02))),),
+        base_s=2.0, dense_total_s=6.0, scale=1.0, overhead_s=0.0)
+    problem = problem_from_table(table, [SimpleNamespace(name="a", structure=None)])
+    assert problem.options["a"] == [DENSE, BLOCK]
+    assert problem.fastest_options() == {"a": BLOCK_75}
