@@ -419,7 +419,7 @@ def profile(
     layouts: Sequence[str] | str = (),
     cache_dir: str | os.PathLike[str] | None = None,
     fix: Mapping[str, object] | None = None,
-    bound_seconds: float = 30.0,
+    bound_seconds: float = 25.0,
     progress: bool | Progress = False,
 ) -> ProfileResult:
     """Time every prunable node and its layout options; the reachable speedup (Amdahl bound).
@@ -433,7 +433,8 @@ def profile(
         cache_dir: latency-table cache folder (None: the user cache folder).
         fix: inputs pinned to a constant (folded away, as :func:`prune` does).
         bound_seconds: the longest time spent measuring the Amdahl bound: rounds of 5 fresh
-            session pairs (5 s) are added until its spread is within 5%.
+            session pairs (5 s) are added until its spread is within 5%; sessions of earlier
+            runs on the same model, kept in the latency cache, are pooled with them.
         progress: True shows progress on stderr; or a ``(stage, done, total)`` callback.
 
     Returns:
@@ -446,7 +447,7 @@ def profile(
     from onnxprune.graph.load import load_model
     from onnxprune.graph.prepare import prepare_model
     from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs
-    from onnxprune.latency.anchor import BOUND_SECONDS, bound_cache
+    from onnxprune.latency.anchor import BOUND_MAX_ROUNDS, bound_cache
     from onnxprune.latency.table import build_latency_table
     from onnxprune.layouts.base import DENSE
     from onnxprune.layouts.registry import candidate_options, get_layout, layouts_fast_on
@@ -481,7 +482,7 @@ def profile(
         problem = problem_from_table(table, candidates)
         measured = problem.anchor(
             model, runtime, synthetic_feed(bound.as_tuples()),
-            max_rounds=max(1, round(bound_seconds / BOUND_SECONDS)),
+            max_rounds=BOUND_MAX_ROUNDS * 10, max_seconds=bound_seconds,
             cache=bound_cache(Path(cache_dir) if cache_dir is not None else None),
             progress=lambda done, total: callback and callback(
                 "measuring the Amdahl bound", done, total))

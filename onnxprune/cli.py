@@ -144,7 +144,7 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
               help="Layouts considered for the bound (default: those fast on the provider).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Latency-table cache folder (default: the user cache folder).")
-@click.option("--bound-seconds", type=click.FloatRange(min=0, min_open=True), default=30.0,
+@click.option("--bound-seconds", type=click.FloatRange(min=0, min_open=True), default=25.0,
               show_default=True, metavar="S",
               help="Longest time spent measuring the Amdahl bound. Sessions are added 5 s at a "
                    "time until its spread is within 5%. Sessions of earlier runs on the same "
@@ -158,7 +158,7 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
 def profile(model_path: str, shapes: tuple[str, ...], provider: str, threads: int | None,
             json_path: str | None, layouts: str, cache_dir: Path | None, quiet: bool,
             log_json: Path | None, fixes: tuple[str, ...], html_path: str | None = None,
-            bound_seconds: float = 30.0) -> None:
+            bound_seconds: float = 25.0) -> None:
     """Time every prunable node of MODEL and its layout options on the provider.
 
     Prints per node the dense time, its share of the total, the fastest option, the predicted vs

@@ -151,7 +151,7 @@ def load_bytes(model) -> bytes:
 def run_profile(model_path: str, *, shapes, provider, threads, json_path, layouts, cache_dir,
                 quiet, console: Console, log_json: Path | None = None,
                 html_path: str | None = None, fixes: tuple[str, ...] = (),
-                bound_seconds: float = 30.0) -> None:
+                bound_seconds: float = 25.0) -> None:
     """``onnxprune profile``: the API call, then the table and the JSON."""
     from onnxprune.api import profile
     from onnxprune.graph.fold import parse_fix_specs

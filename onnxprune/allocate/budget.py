@@ -11,6 +11,7 @@ the DP's best choice, and solving them would only cost time.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from onnxprune.config import PruneConfig
 from onnxprune.graph.candidates import Candidate, GraphAnalysis
 from onnxprune.latency.anchor import (
     BOUND_MAX_ROUNDS,
+    BOUND_MAX_SECONDS,
     BOUND_SECONDS,
     BOUND_SESSIONS,
     FASTEST_TIE,
@@ -142,7 +144,8 @@ class AllocationProblem:
                feed: Mapping[str, np.ndarray],
                progress: Callable[[int, int], None] | None = None, *,
                sessions: int = BOUND_SESSIONS, seconds: float = BOUND_SECONDS,
-               max_rounds: int = BOUND_MAX_ROUNDS, target: float | None = None,
+               max_rounds: int = BOUND_MAX_ROUNDS, max_seconds: float = BOUND_MAX_SECONDS,
+               target: float | None = None,
                cache: TimingCache | None = None,
                timing: TimingSource = MEASURED) -> MeasuredBound:
         """Measure the all-fastest model and scale every saving so the table agrees with it.
@@ -154,7 +157,8 @@ class AllocationProblem:
 
         Rounds of ``sessions`` fresh session pairs (``seconds`` each round) are added until the
         bound is :func:`~onnxprune.latency.anchor.settled` — precise, or clearly above or below
-        ``target`` — or ``max_rounds`` rounds have run. With a ``cache``, the sessions of
+        ``target`` — or ``max_rounds`` rounds have run, or another round would end past
+        ``max_seconds`` (wall clock, from the first). With a ``cache``, the sessions of
         earlier runs on the same all-fastest model are pooled with this run's
         (:class:`~onnxprune.latency.anchor.BoundHistory`).
         """
@@ -173,16 +177,19 @@ class AllocationProblem:
         earlier = history.load()
         if progress:
             progress(0, rounds * sessions)
+        start = time.perf_counter()
         result = more()
         if earlier and not still_valid(earlier, result):
             logger.info("the bound's first round (%.2fx) disagrees with the %d sessions of "
                         "earlier runs (median %.2fx); measuring it afresh", result.speedup,
                         len(earlier), float(np.median(earlier)))
             earlier = []
-        for _ in range(rounds - 1):
+        for done in range(1, rounds):
             if progress:
                 progress(len(result.sessions), rounds * sessions)
-            if settled(bound_of(result, earlier), target):
+            elapsed = time.perf_counter() - start
+            if settled(bound_of(result, earlier), target) or \
+                    elapsed * (done + 1) / done > max_seconds:
                 break
             result = result.merged(more())
         if progress:

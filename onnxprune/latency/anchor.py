@@ -48,15 +48,18 @@ BOUND_PRECISION = 0.05
 """Rounds are added until the bound's spread (≈ 2 standard errors) is at most this, relative:
 a model that runs in a fraction of a millisecond at its fastest differs by ±30% from one fresh
 session to the next (digits CNN: 5.0 to 9.6x over five), where a 90 ms one differs by ±3%."""
+BOUND_MAX_SECONDS = 25.0
+"""Rounds are added for at most this long (wall clock, session set-up included). What a fast
+model's sessions scatter with is the machine's phase, not the session: on this project's 2-vCPU
+VM the digits CNN's all-fastest model ran 0.30–0.55 ms in phases of 10–30 s (the dense model
+2.4–3.3 ms), so a median over 20 one-second sessions still moved ±11% (2 standard deviations)
+between consecutive 20-second windows, and over 60 ±5.5% (``benchmarks/bound_phases.py``). Only
+time spent measuring averages phases out; more, shorter sessions do not (0.25 s ones did no
+better per second). Phases of many minutes no single run can average: :class:`BoundHistory`
+pools runs. 25 s keeps a cold MiniLM-L6 profile within its minute (its rounds take ~8 s with
+session set-up; a cap of 6 rounds made one profile 62 s)."""
 BOUND_MAX_ROUNDS = 6
-"""At most this many rounds (30 s at the default round). What a fast model's sessions scatter
-with is the machine's phase, not the session: on this project's 2-vCPU VM the digits CNN's
-all-fastest model ran 0.30–0.55 ms in phases of 10–30 s (the dense model 2.4–3.3 ms), so a
-median over 20 one-second sessions still moved ±11% (2 standard deviations) between consecutive
-20-second windows, and over 60 ±5.5% (``benchmarks/bound_phases.py``). Only time spent
-measuring averages phases out; more, shorter sessions do not (0.25 s ones did no better per
-second). Phases of many minutes no single run can average; :class:`BoundHistory` pools runs.
-30 s keeps a cold MiniLM-L6 profile within its minute (one at a 60 s cap took 61 s)."""
+"""And at most this many rounds (a prune run's rounds last ``--verify-seconds``)."""
 BOUND_HISTORY = 60
 """Session medians of the bound kept across runs (the newest)."""
 BOUND_STALE = 0.5

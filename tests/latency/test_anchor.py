@@ -217,3 +217,23 @@ def test_a_narrower_option_dropped_as_dominated_still_ties_for_the_bound():
     problem = problem_from_table(table, [SimpleNamespace(name="a", structure=None)])
     assert problem.options["a"] == [DENSE, BLOCK]
     assert problem.fastest_options() == {"a": BLOCK_75}
+
+
+def test_no_round_is_started_that_would_end_past_the_time_cap(monkeypatch):
+    """Rounds of 10 s (by a fake clock) under a 25 s cap: the third would end at 30 s."""
+    from onnxprune.allocate import budget
+    from onnxprune.runtime import RuntimeConfig
+
+    now = [0.0]
+
+    class _Slow(_Scripted):
+        def speed(self, *args, **kwargs):
+            now[0] += 10.0
+            return super().speed(*args, **kwargs)
+
+    monkeypatch.setattr(budget, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    model, problem, feed = _ffn_problem()
+    source = _Slow(NOISY)
+    problem.anchor(model, RuntimeConfig(threads=1), feed, sessions=5, seconds=0.0,
+                   max_rounds=10, max_seconds=25.0, timing=source)
+    assert source.calls == 2
