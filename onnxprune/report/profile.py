@@ -56,14 +56,14 @@ def render_profile(console: Console, data: dict, notes: Sequence[str] = ()) -> N
     spread = data.get("amdahl_bound_spread") or 0.0
     measured = data.get("amdahl_bound_measured")
     if measured:
-        sessions = ", ".join(f"{x:.2f}" for x in measured["sessions"])
         console.print(f"[bold]maximum reachable speedup (Amdahl bound): "
                       f"{data['amdahl_bound']:.2f}x ± {data['amdahl_bound'] * spread:.2f}[/bold] "
                       f"(measured: every node at its fastest option, timed against dense in "
-                      f"{len(measured['sessions'])} fresh session pairs{_earlier(measured)}: "
-                      f"{sessions}; ± ~2 "
-                      f"standard errors; the latency table alone predicts "
-                      f"{data['amdahl_bound_predicted']:.2f}x)")
+                      f"{_sessions(measured)}; ± ~2 standard errors; the latency table alone "
+                      f"predicts {data['amdahl_bound_predicted']:.2f}x)")
+        if not measured.get("sessions_earlier"):
+            console.print("  measured in this run only: on a shared machine the bound can move "
+                          "between runs by more than its spread; profiling again pools the runs")
     else:
         console.print(f"[bold]maximum reachable speedup (Amdahl bound): "
                       f"{data['amdahl_bound']:.2f}x ± {data['amdahl_bound'] * spread:.2f}[/bold] "
@@ -71,7 +71,13 @@ def render_profile(console: Console, data: dict, notes: Sequence[str] = ()) -> N
     console.print(f"timings: {data['timings_run']} measured, {data['timings_cached']} from cache")
 
 
-def _earlier(measured: dict) -> str:
-    """How many of the bound's sessions come from earlier runs (kept in the latency cache)."""
+def _sessions(measured: dict) -> str:
+    """``N fresh session pairs: …``, saying how many came from earlier runs (kept in the latency
+    cache) and listing this run's."""
+    sessions = [float(x) for x in measured["sessions"]]
     earlier = int(measured.get("sessions_earlier", 0))
-    return f", {earlier} of them from earlier runs" if earlier else ""
+    now = ", ".join(f"{x:.2f}" for x in sessions[earlier:])
+    if not earlier:
+        return f"{len(sessions)} fresh session pairs: {now}"
+    return (f"{len(sessions)} fresh session pairs, {earlier} of them from earlier runs "
+            f"({min(sessions[:earlier]):.2f}–{max(sessions[:earlier]):.2f}); this run's: {now}")
