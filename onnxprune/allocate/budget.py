@@ -193,7 +193,7 @@ class AllocationProblem:
                 break
             result = result.merged(more())
         if progress:
-            progress(rounds * sessions, rounds * sessions)
+            progress(len(result.sessions), len(result.sessions))  # settled: all there is
         measured = bound_of(result, earlier)
         history.save(measured)
         self.anchor_to(measured)
