@@ -164,16 +164,16 @@ class AllocationProblem:
         """
         fastest = self.fastest_options()
         chosen = fastest_choice(self.candidates, fastest)
-        model_b = materialize(model, self.candidates, chosen)
+        fastest_model = materialize(model, self.candidates, chosen).SerializeToString()
         dense = model.SerializeToString()
 
         def more() -> SpeedResult:
-            return timing.speed(dense, model_b, {"synthetic": feed}, runtime, sessions=sessions,
-                                seconds=seconds, chosen=chosen,
+            return timing.speed(dense, fastest_model, {"synthetic": feed}, runtime,
+                                sessions=sessions, seconds=seconds, chosen=chosen,
                                 predicted=self.speedup_of(fastest))
 
         rounds = max(1, max_rounds)
-        history = BoundHistory(cache, dense, model_b.SerializeToString(), feed, runtime)
+        history = BoundHistory(cache, dense, fastest_model, feed, runtime)
         earlier = history.load()
         if progress:
             progress(0, rounds * sessions)

@@ -97,8 +97,9 @@ def saving_factor(
     for option, saving in predicted.items():
         ratio = cached(candidate.name, option) if cached is not None else None
         if ratio is None:
-            rewritten = model_with_options(model, candidates, {candidate.name: option})
-            ratios = [bench_pair(dense_payload, rewritten.SerializeToString(), feed, runtime,
+            rewritten = model_with_options(model, candidates,
+                                           {candidate.name: option}).SerializeToString()
+            ratios = [bench_pair(dense_payload, rewritten, feed, runtime,
                                  max_seconds=SECONDS).speedup_median for _ in range(SESSIONS)]
             ratio = float(np.median(ratios))
             if store is not None:

@@ -36,7 +36,7 @@ class TimingSource(Protocol):
         """The latency table of ``model``'s candidates under ``options``."""
         ...
 
-    def speed(self, dense: bytes, pruned: onnx.ModelProto,
+    def speed(self, dense: bytes, pruned: onnx.ModelProto | bytes,
               feeds: Mapping[str, Mapping[str, np.ndarray]], runtime: RuntimeConfig, *,
               sessions: int, seconds: float, chosen: Mapping[str, PrunedWeight],
               predicted: float | None) -> SpeedResult:
@@ -53,7 +53,7 @@ class MeasuredTiming:
         return build_latency_table(model, analysis, {n: list(o) for n, o in options.items()},
                                    runtime, cache_dir=cache_dir, progress=progress)
 
-    def speed(self, dense: bytes, pruned: onnx.ModelProto,
+    def speed(self, dense: bytes, pruned: onnx.ModelProto | bytes,
               feeds: Mapping[str, Mapping[str, np.ndarray]], runtime: RuntimeConfig, *,
               sessions: int, seconds: float, chosen: Mapping[str, PrunedWeight],
               predicted: float | None) -> SpeedResult:

@@ -94,7 +94,7 @@ class SyntheticTiming:
             fingerprint=f"synthetic-{self.seed}", total_spread=0.01,
         )
 
-    def speed(self, dense: bytes, pruned: onnx.ModelProto,
+    def speed(self, dense: bytes, pruned: onnx.ModelProto | bytes,
               feeds: Mapping[str, Mapping[str, np.ndarray]], runtime: RuntimeConfig, *,
               sessions: int = 5, seconds: float = 0.0,
               chosen: Mapping[str, PrunedWeight] | None = None,
