@@ -10,6 +10,7 @@ let it prove that its reconstruction picked the same weights.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ import onnx
 from onnx import external_data_helper
 
 from onnxprune.calib import CalibSet
-from onnxprune.config import PruneConfig
+from onnxprune.config import NodeOverride, PruneConfig
 from onnxprune.errors import UserError
 from onnxprune.graph.candidates import Candidate
 from onnxprune.graph.write import write_bytes_atomic
@@ -32,7 +33,8 @@ PLAN_FORMAT = 1
 
 # The PruneConfig fields that decide the candidates, their structures and their reconstruction.
 _CONFIG_FIELDS = ("speedup", "sparsity", "nm", "layouts", "levels", "provider", "threads",
-                  "shapes", "calib_samples", "exclude", "seed", "sequential", "sparse_storage")
+                  "shapes", "calib_samples", "exclude", "seed", "sequential", "sparse_storage",
+                  "overrides", "fix")
 
 
 def _hash_file(digest, path: Path) -> None:
@@ -120,6 +122,10 @@ class Plan:
         values["layouts"] = tuple(values["layouts"])
         values["levels"] = tuple(values["levels"])
         values["nm"] = tuple(values["nm"]) if values["nm"] is not None else None
+        values["overrides"] = tuple(  # plans of format 1 written before rules were recorded
+            NodeOverride(**{**rule, "layouts": tuple(rule["layouts"]),
+                            "structure_kinds": tuple(rule["structure_kinds"])})
+            for rule in values.get("overrides", ()))
         return PruneConfig(**values, calib_dir=calib_dir, calib_reader=calib_reader)
 
 
@@ -131,6 +137,11 @@ def make_plan(input_path: Path, config: PruneConfig, calib: CalibSet | None,
         value = getattr(config, name)
         if name == "shapes":
             value = {k: list(v) for k, v in value.items()}
+        elif name == "overrides":
+            value = [dataclasses.asdict(rule) for rule in value]
+        elif name == "fix":  # text from the command line, or any array-like from the API
+            value = {k: v if isinstance(v, str) else np.asarray(v).tolist()
+                     for k, v in value.items()}
         elif isinstance(value, tuple):
             value = list(value)
         config_json[name] = value

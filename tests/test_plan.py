@@ -117,3 +117,21 @@ def test_a_broken_plan_is_a_user_error(tmp_path):
     assert result.returncode == 2 and "no such plan file" in result.stderr
     with pytest.raises(UserError, match="is a directory"):
         apply_plan(MODELS / "digits_mlp.onnx", tmp_path, bad)
+
+
+def test_a_plan_keeps_the_per_node_rules_it_was_made_with(tmp_path):
+    """An excluded node stays excluded on apply: the rule is part of the plan's settings."""
+    from onnxprune.config import NodeOverride
+
+    out, plan = tmp_path / "mlp.onnx", tmp_path / "plan.json"
+    rule = NodeOverride(match="MatMul1", exclude=True, source="test rule")
+    config = PruneConfig(sparsity=0.5, layouts=("block",), calib_dir=CALIB / "digits_mlp",
+                         threads=1, verify_sessions=1, verify_seconds=0.3, overrides=(rule,),
+                         save_plan=plan)
+    assert prune(MODELS / "digits_mlp.onnx", out, config).written
+    saved = read_plan(plan)
+    assert "MatMul1" not in saved.choices and saved.config["fix"] == {}
+    assert saved.prune_config(CALIB / "digits_mlp", None).overrides == (rule,)
+    report = apply_plan(MODELS / "digits_mlp.onnx", tmp_path / "again.onnx", plan,
+                        calib_dir=CALIB / "digits_mlp")
+    assert report.written and _sha(tmp_path / "again.onnx") == _sha(out)
