@@ -109,7 +109,8 @@ class PruneResult:
     def exit_code(self) -> int:
         """What the CLI exits with: 0, or 3 when ``best_effort`` wrote a model that misses the
         target or the fidelity bound."""
-        return 3 if self.met_target is False or self.within_bound is False else 0
+        missed = self.met_target is False or self.within_bound is False
+        return TargetUnreachableError.exit_code if missed else 0
 
     def to_json(self) -> dict:
         """The JSON report (``--json``)."""

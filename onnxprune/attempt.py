@@ -9,7 +9,7 @@ model in fresh sessions. :class:`Realizer` holds what that needs so no stage re-
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -24,14 +24,13 @@ from onnxprune.latency.measure import SpeedResult
 from onnxprune.latency.source import MEASURED, TimingSource
 from onnxprune.layouts.base import Layout, PrunedWeight
 from onnxprune.materialize import materialize
+from onnxprune.progress import Progress
 from onnxprune.reconstruct.stitch import StitchedRunner
 from onnxprune.runtime import RuntimeConfig
 from onnxprune.solve.sequential import sequential_resolve
 
 logger = logging.getLogger("onnxprune")
 
-Progress = Callable[[str, int, int], None]
-"""(stage description, done, total): the CLI shows it as a progress bar."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from onnxprune.calib import CalibSet
 from onnxprune.config import NodeOverride, PruneConfig
 from onnxprune.errors import UserError
 from onnxprune.graph.candidates import Candidate
+from onnxprune.graph.load import external_tensors
 from onnxprune.graph.write import write_bytes_atomic
 from onnxprune.layouts.base import LayoutOption, PrunedWeight
 
@@ -50,11 +51,10 @@ def model_digest(path: str | os.PathLike[str]) -> str:
     _hash_file(digest, model_path)
     model = onnx.load(str(model_path), load_external_data=False)
     seen: list[str] = []
-    for tensor in external_data_helper._get_all_tensors(model):
-        if external_data_helper.uses_external_data(tensor):
-            location = external_data_helper.ExternalDataInfo(tensor).location
-            if location not in seen:
-                seen.append(location)
+    for tensor in external_tensors(model):
+        location = external_data_helper.ExternalDataInfo(tensor).location
+        if location not in seen:
+            seen.append(location)
     for location in seen:
         target = model_path.parent / location
         if target.is_file():

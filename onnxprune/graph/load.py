@@ -62,7 +62,8 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     return model
 
 
-def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """The tensors of ``model`` (subgraphs included) whose data lives in external files."""
     return [
         t for t in external_data_helper._get_all_tensors(model)
         if external_data_helper.uses_external_data(t)
@@ -71,7 +72,7 @@ def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
 
 def _load_external_data(model: onnx.ModelProto, model_path: Path) -> None:
     """Resolve every external-data location inside the model's folder, then load it."""
-    tensors = _external_tensors(model)
+    tensors = external_tensors(model)
     if not tensors:
         return
     base = model_path.resolve().parent
