@@ -293,10 +293,10 @@ def _names(layouts: Sequence[str] | str) -> tuple[str, ...]:
 def _shapes(shapes, parse_specs) -> dict[str, tuple[int, ...]]:
     if not shapes:
         return {}
-    if isinstance(shapes, Mapping):
+    if isinstance(shapes, Mapping):  # {"input": (8, 128)} -> "input=8x128", checked as on the CLI
         try:
-            return {str(k): tuple(int(d) for d in v) for k, v in shapes.items()}
-        except (TypeError, ValueError):
+            shapes = [f"{k}={'x'.join(str(d) for d in v)}" for k, v in shapes.items()]
+        except TypeError:
             raise UserError(f"bad shapes {dict(shapes)!r}: expected name -> sequence of "
                             "ints") from None
     if isinstance(shapes, str):

@@ -116,6 +116,9 @@ def test_api_errors_are_user_errors(tmp_path):
         onnxprune.prune(42, tmp_path / "o.onnx", nm="2:4")
     with pytest.raises(UserError, match="calibration folder not found"):
         onnxprune.prune(MLP, tmp_path / "o.onnx", 2.0, calib_dir=tmp_path / "nope")
+    for bad in ((0, 64), (-1, 64), (8.5, 64)):  # checked as --shape is
+        with pytest.raises(UserError, match="bad --shape"):
+            onnxprune.profile(MLP, shapes={"input": bad})
     assert not (tmp_path / "o.onnx").exists()
 
 
