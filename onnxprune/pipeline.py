@@ -334,11 +334,7 @@ def prune(
             nothing is written unless ``config.best_effort``.
     """
     started = time.monotonic()
-    in_path, out_path = Path(input_path), Path(output_path)
-    if in_path.resolve() == out_path.resolve():
-        raise UserError("the output path is the input path; choose another output file")
-    if out_path.is_dir():
-        raise UserError(f"the output path {out_path} is a directory")
+    in_path, out_path = _check_paths(input_path, output_path)
     if config.max_accuracy_drop is not None and config.calib_dir is None \
             and config.calib_reader is None and calibration is None:
         raise UserError("--max-accuracy-drop needs labelled calibration data (--calib)")
@@ -347,13 +343,7 @@ def prune(
     problem = _time(graph, config, report, progress, timing) if graph.mode == "speedup" else None
     options = problem.options if problem is not None else graph.options
     database = _solve(graph, data, options, report, progress)
-    realizer = Realizer(
-        config, graph.model, graph.dense_payload, graph.candidates, graph.runtime, data.feeds,
-        _configured_layouts(config), runner=data.runner, fit=data.fit,
-        verify_scorer=(fidelity_scorer(data.runner, data.verify)
-                       if data.runner is not None and data.verify is not None else None),
-        progress=progress, precision=graph.precision, timing=timing,
-    )
+    realizer = _realizer(config, graph, data, progress, timing)
     if problem is None:
         return _uniform(graph, data, database, realizer, report, config, out_path, started)
     try:
@@ -365,6 +355,28 @@ def prune(
             exc.report = report
         report.wall_s = time.monotonic() - started
         raise
+
+
+def _check_paths(input_path: str | Path, output_path: str | Path) -> tuple[Path, Path]:
+    """The input and output paths, refused when they are the same file or OUT is a folder."""
+    in_path, out_path = Path(input_path), Path(output_path)
+    if in_path.exists() and out_path.exists() and in_path.resolve() == out_path.resolve():
+        raise UserError("the output path is the input path; choose another output file")
+    if out_path.is_dir():
+        raise UserError(f"the output path {out_path} is a directory")
+    return in_path, out_path
+
+
+def _realizer(config: PruneConfig, graph: Analysed, data: Calibrated,
+              progress: Progress | None, timing: TimingSource = MEASURED) -> Realizer:
+    """The stage that materializes, checks and measures a choice of every candidate."""
+    return Realizer(
+        config, graph.model, graph.dense_payload, graph.candidates, graph.runtime, data.feeds,
+        _configured_layouts(config), runner=data.runner, fit=data.fit,
+        verify_scorer=(fidelity_scorer(data.runner, data.verify)
+                       if data.runner is not None and data.verify is not None else None),
+        progress=progress, precision=graph.precision, timing=timing,
+    )
 
 
 def _analyse(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[Analysed, Report]:

@@ -15,8 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-from onnxprune.allocate.loss import fidelity_scorer
-from onnxprune.attempt import Progress, Realizer
+from onnxprune.attempt import Progress
 from onnxprune.errors import UserError
 from onnxprune.plan import calibration_digest, mask_digest, model_digest, read_plan
 
@@ -39,16 +38,12 @@ def apply_plan(input_path: str | Path, output_path: str | Path, plan_path: str |
         UserError: the plan is unreadable, or the input model or calibration data differ from the
             ones the plan was made with (the message says which).
     """
-    from onnxprune.pipeline import _analyse, _calibrate, _finish, _solve
+    from onnxprune.pipeline import _analyse, _calibrate, _check_paths, _finish, _realizer, _solve
 
     started = time.monotonic()
-    in_path, out_path = Path(input_path), Path(output_path)
-    if in_path.exists() and out_path.exists() and in_path.resolve() == out_path.resolve():
-        raise UserError("the output path is the input path; choose another output file")
+    in_path, out_path = _check_paths(input_path, output_path)
     if not in_path.is_file():
         raise UserError(f"no such file: {in_path}")
-    if out_path.is_dir():
-        raise UserError(f"the output path {out_path} is a directory")
     plan = read_plan(plan_path)
     digest = model_digest(in_path)
     if digest != plan.input_sha256:
@@ -79,13 +74,7 @@ def apply_plan(input_path: str | Path, output_path: str | Path, plan_path: str |
     options = {name: [choice.option] for name, choice in plan.choices.items()}
     database = _solve(graph, data, options, report, progress)
     chosen = {name: solutions[0] for name, solutions in database.items()}
-    realizer = Realizer(
-        config, graph.model, graph.dense_payload, graph.candidates, graph.runtime, data.feeds,
-        _configured_layouts(config), runner=data.runner, fit=data.fit,
-        verify_scorer=(fidelity_scorer(data.runner, data.verify)
-                       if data.runner is not None and data.verify is not None else None),
-        progress=progress, precision=graph.precision,
-    )
+    realizer = _realizer(config, graph, data, progress)
     attempt = realizer.realize(chosen)
     for name, solution in attempt.chosen.items():
         if mask_digest(solution.mask) != plan.choices[name].mask_sha256:
@@ -95,8 +84,3 @@ def apply_plan(input_path: str | Path, output_path: str | Path, plan_path: str |
     report.notes.append(f"applied the plan {plan_path} (nothing timed)")
     return _finish(attempt, report, realizer, data.calib, out_path, started)
 
-
-def _configured_layouts(config):
-    from onnxprune.pipeline import _configured_layouts as configured
-
-    return configured(config)
