@@ -46,14 +46,17 @@ def _sync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(payload: bytes, path: Path) -> None:
-    """Write ``payload`` to ``path`` through a synced temporary file in the same folder."""
+def write_bytes_atomic(payload: bytes, path: Path, mode: int | None = None) -> None:
+    """Write ``payload`` to ``path`` through a synced temporary file in the same folder
+    (permissions ``mode`` when given; ``mkstemp``'s 0600 otherwise)."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
     finally:
         Path(tmp_name).unlink(missing_ok=True)

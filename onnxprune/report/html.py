@@ -11,7 +11,6 @@ offline, from a CI artifact, or attached to an email.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from html import escape
 from pathlib import Path
@@ -380,13 +379,9 @@ def check_html_path(path: str | os.PathLike[str] | None) -> None:
 def write_html(text: str, path: str | os.PathLike[str]) -> None:
     """Write the page to ``path`` atomically (temp file + rename): never a half-written page."""
     check_html_path(path)
+    from onnxprune.graph.write import write_bytes_atomic
+
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the page from a web server or a colleague
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    # 0644: mkstemp's 0600 would hide the page from a web server or a colleague.
+    write_bytes_atomic(text.encode("utf-8"), target, mode=0o644)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +32,8 @@ def write_json(data: object, path: str | os.PathLike[str]) -> None:
     if str(path) == "-":
         sys.stdout.write(text)
         return
+    from onnxprune.graph.write import write_bytes_atomic
+
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_bytes_atomic(text.encode(), target)
