@@ -169,10 +169,7 @@ def _options_for(
         rule = config.override_for(cand.node_names)
         cand_levels = levels if rule is None or rule.max_level is None \
             else [min(levels[0], rule.max_level)]
-        names = rule.allowed_layouts if rule is not None and rule.allowed_layouts else layouts
-        if (cand.structure is not None or cand.name in producers) and "structure" not in names:
-            names = layouts_for(cand, ["structure", *names], producers)
-        for name in names:
+        for name in _node_layouts(cand, layouts, producers, config):
             if name == "dense":
                 continue
             opts, reason = get_layout(name).options(cand, cand_levels)

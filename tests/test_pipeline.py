@@ -247,3 +247,25 @@ def test_model_with_onnx_default_ir_version_is_pruned(tmp_path):
     assert report.written and report.measured is not None
     assert ort.InferenceSession(str(out)).run(None, {"x": np.ones((3, 64), np.float32)})[0].shape \
         == (3, 32)
+
+
+def test_a_rule_offering_structure_and_block_never_block_prunes_a_structure_producer():
+    """Uniform and speedup modes read a node's layouts through one function: a producer is
+    shrunk by its consumer's structure only, even when a rule lists block beside structure."""
+    from onnxprune.config import NodeOverride
+    from onnxprune.graph.candidates import find_candidates
+    from onnxprune.graph.shapes import bind_input_shapes
+    from onnxprune.pipeline import _options_for
+    from onnxprune.structures.context import discover_and_attach
+
+    model = onnx.load(str(MODELS / "digits_mlp.onnx"))
+    analysis = find_candidates(model, bind_input_shapes(model, {"input": (16, 64)}))
+    _, candidates, producers, _ = discover_and_attach(model, analysis,
+                                                      list(analysis.candidates))
+    assert producers
+    rule = NodeOverride(match=".*", layouts=("structure", "block"))
+    for mode in ({"sparsity": 0.5}, {"speedup": 2.0}):
+        config = PruneConfig(layouts=("block",), overrides=(rule,), **mode)
+        options = _options_for(candidates, ["block"], config, [], producers)
+        for name in producers:
+            assert "block" not in {o.layout for o in options.get(name, [])}, (mode, name)
