@@ -500,7 +500,7 @@ def _time(graph: Analysed, config: PruneConfig, report: Report,
                                                       done, total),
                    sessions=config.verify_sessions, seconds=config.verify_seconds,
                    target=config.speedup, timing=timing,
-                   cache=bound_cache(config.cache_dir) if timing is MEASURED else None)
+                   cache=bound_cache(config.cache_dir) if timing.persistent else None)
     report.amdahl_bound = problem.amdahl_bound
     report.amdahl_bound_spread = problem.bound_spread
     report.amdahl_bound_predicted = problem.predicted_bound

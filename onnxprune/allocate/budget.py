@@ -11,7 +11,6 @@ the DP's best choice, and solving them would only cost time.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,20 +26,14 @@ from onnxprune.latency.anchor import (
     BOUND_SECONDS,
     BOUND_SESSIONS,
     FASTEST_TIE,
-    BoundHistory,
     MeasuredBound,
-    bound_of,
-    fastest_choice,
+    measure_bound,
     saving_scale_for,
-    settled,
-    still_valid,
 )
-from onnxprune.latency.measure import SpeedResult
 from onnxprune.latency.source import MEASURED, TimingSource
 from onnxprune.latency.table import LatencyTable, TimingCache
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight
 from onnxprune.layouts.registry import LAYOUTS
-from onnxprune.materialize import materialize
 from onnxprune.runtime import RuntimeConfig
 
 logger = logging.getLogger("onnxprune")
@@ -122,11 +115,8 @@ class AllocationProblem:
         two that is changes from run to run)."""
         fastest = {}
         for cand in self.candidates:
-            options = list(self.options[cand.name])
-            dense = self.option_time(cand.name, DENSE, scale=1.0)
-            options += [o for o in self.table.options(cand.name) if o not in options
-                        and self.option_time(cand.name, o, scale=1.0) < dense]
-            times = {o: self.option_time(cand.name, o, scale=1.0) for o in options}
+            timed = {o: self.table.option_time(cand.name, o) for o in self.table.options(cand.name)}
+            times = {o: t for o, t in timed.items() if o == DENSE or t < timed[DENSE]}
             best = min(times.values())
             near = [o for o, t in times.items() if t <= best + FASTEST_TIE * abs(best)]
             fastest[cand.name] = max(near, key=lambda o, t=times: (o.level, -t[o]))
@@ -160,42 +150,14 @@ class AllocationProblem:
         ``target`` — or ``max_rounds`` rounds have run, or another round would end past
         ``max_seconds`` (wall clock, from the first). With a ``cache``, the sessions of
         earlier runs on the same all-fastest model are pooled with this run's
-        (:class:`~onnxprune.latency.anchor.BoundHistory`).
+        (:func:`~onnxprune.latency.anchor.measure_bound`).
         """
         fastest = self.fastest_options()
-        chosen = fastest_choice(self.candidates, fastest)
-        fastest_model = materialize(model, self.candidates, chosen).SerializeToString()
-        dense = model.SerializeToString()
-
-        def more() -> SpeedResult:
-            return timing.speed(dense, fastest_model, {"synthetic": feed}, runtime,
-                                sessions=sessions, seconds=seconds, chosen=chosen,
-                                predicted=self.speedup_of(fastest))
-
-        rounds = max(1, max_rounds)
-        history = BoundHistory(cache, dense, fastest_model, feed, runtime)
-        earlier = history.load()
-        if progress:
-            progress(0, rounds * sessions)
-        start = time.perf_counter()
-        result = more()
-        if earlier and not still_valid(earlier, result):
-            logger.info("the bound's first round (%.2fx) disagrees with the %d sessions of "
-                        "earlier runs (median %.2fx); measuring it afresh", result.speedup,
-                        len(earlier), float(np.median(earlier)))
-            earlier = []
-        for done in range(1, rounds):
-            if progress:
-                progress(len(result.sessions), rounds * sessions)
-            elapsed = time.perf_counter() - start
-            if settled(bound_of(result, earlier), target) or \
-                    elapsed * (done + 1) / done > max_seconds:
-                break
-            result = result.merged(more())
-        if progress:
-            progress(len(result.sessions), len(result.sessions))  # settled: all there is
-        measured = bound_of(result, earlier)
-        history.save(measured)
+        measured = measure_bound(model, self.candidates, fastest, runtime, feed,
+                                 predicted=self.speedup_of(fastest), progress=progress,
+                                 sessions=sessions, seconds=seconds, max_rounds=max_rounds,
+                                 max_seconds=max_seconds, target=target, cache=cache,
+                                 timing=timing)
         self.anchor_to(measured)
         return measured
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ import onnx
 
 from onnxprune.graph.candidates import Candidate
 from onnxprune.latency.measure import SpeedResult
+from onnxprune.latency.source import MEASURED, TimingSource
 from onnxprune.latency.table import TimingCache
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight, to_rows
 from onnxprune.runtime import RuntimeConfig
@@ -260,3 +262,66 @@ def saving_scale_for(speedup_at: Callable[[float], float], measured: float,
     logger.warning("the measured bound (%.2fx) is outside what the latency table can be "
                    "scaled to; its savings are scaled by %.2f", measured, k)
     return k
+
+
+def measure_bound(
+    model: onnx.ModelProto,
+    candidates: Sequence[Candidate],
+    fastest: Mapping[str, LayoutOption],
+    runtime: RuntimeConfig,
+    feed: Mapping[str, np.ndarray],
+    *,
+    predicted: float,
+    progress: Callable[[int, int], None] | None = None,
+    sessions: int = BOUND_SESSIONS,
+    seconds: float = BOUND_SECONDS,
+    max_rounds: int = BOUND_MAX_ROUNDS,
+    max_seconds: float = BOUND_MAX_SECONDS,
+    target: float | None = None,
+    cache: TimingCache | None = None,
+    timing: TimingSource = MEASURED,
+) -> MeasuredBound:
+    """Every candidate at ``fastest`` (random masks) timed against dense ``model``.
+
+    Rounds of ``sessions`` fresh session pairs (``seconds`` each) are added until the bound is
+    :func:`settled`, ``max_rounds`` have run, or another round would end past ``max_seconds``
+    (wall clock, from the first). With a ``cache``, the sessions of earlier runs on the same
+    all-fastest model are pooled with this run's (:class:`BoundHistory`). ``predicted`` (the
+    table's all-fastest speedup) is passed to ``timing`` (a synthetic source answers from it).
+    """
+    from onnxprune.materialize import materialize
+
+    chosen = fastest_choice(candidates, fastest)
+    fastest_model = materialize(model, candidates, chosen).SerializeToString()
+    dense = model.SerializeToString()
+
+    def more() -> SpeedResult:
+        return timing.speed(dense, fastest_model, {"synthetic": feed}, runtime,
+                            sessions=sessions, seconds=seconds, chosen=chosen,
+                            predicted=predicted)
+
+    rounds = max(1, max_rounds)
+    history = BoundHistory(cache, dense, fastest_model, feed, runtime)
+    earlier = history.load()
+    if progress:
+        progress(0, rounds * sessions)
+    start = time.perf_counter()
+    result = more()
+    if earlier and not still_valid(earlier, result):
+        logger.info("the bound's first round (%.2fx) disagrees with the %d sessions of "
+                    "earlier runs (median %.2fx); measuring it afresh", result.speedup,
+                    len(earlier), float(np.median(earlier)))
+        earlier = []
+    for done in range(1, rounds):
+        if progress:
+            progress(len(result.sessions), rounds * sessions)
+        elapsed = time.perf_counter() - start
+        if settled(bound_of(result, earlier), target) or \
+                elapsed * (done + 1) / done > max_seconds:
+            break
+        result = result.merged(more())
+    if progress:
+        progress(len(result.sessions), len(result.sessions))  # settled: all there is
+    measured = bound_of(result, earlier)
+    history.save(measured)
+    return measured

@@ -30,6 +30,10 @@ TableProgress = Callable[[int, int, str], None]
 class TimingSource(Protocol):
     """The two speed questions a pruning run asks."""
 
+    persistent: bool
+    """Whether its answers are measurements worth keeping across runs (the bound's sessions are
+    pooled in the latency cache only then)."""
+
     def table(self, model: onnx.ModelProto, analysis: GraphAnalysis,
               options: Mapping[str, Sequence[LayoutOption]], runtime: RuntimeConfig, *,
               cache_dir: Path | None, progress: TableProgress | None) -> LatencyTable:
@@ -46,6 +50,8 @@ class TimingSource(Protocol):
 
 class MeasuredTiming:
     """The real thing: the cached latency table and fresh-session A/B pairs on the EP."""
+
+    persistent = True
 
     def table(self, model: onnx.ModelProto, analysis: GraphAnalysis,
               options: Mapping[str, Sequence[LayoutOption]], runtime: RuntimeConfig, *,

@@ -45,6 +45,8 @@ class SyntheticTiming:
         sessions_spread: relative spread between the sessions of one measurement.
     """
 
+    persistent = False  # seeded answers: never pooled with measurements
+
     def __init__(self, seed: int = 0, base_share: tuple[float, float] = (0.05, 0.4),
                  measure_bias: tuple[float, float] = (0.85, 1.05),
                  sessions_spread: float = 0.02) -> None:

@@ -34,7 +34,8 @@ class RecordingTiming(SyntheticTiming):
 
     def speed(self, dense, pruned, feeds, runtime, **kwargs):
         chosen = kwargs.get("chosen") or {}
-        self.measured[pruned.SerializeToString()] = {n: s.weight for n, s in chosen.items()}
+        key = pruned if isinstance(pruned, bytes) else pruned.SerializeToString()
+        self.measured[key] = {n: s.weight for n, s in chosen.items()}
         return super().speed(dense, pruned, feeds, runtime, **kwargs)
 
 

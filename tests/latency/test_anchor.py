@@ -221,7 +221,7 @@ def test_a_narrower_option_dropped_as_dominated_still_ties_for_the_bound():
 
 def test_no_round_is_started_that_would_end_past_the_time_cap(monkeypatch):
     """Rounds of 10 s (by a fake clock) under a 25 s cap: the third would end at 30 s."""
-    from onnxprune.allocate import budget
+    from onnxprune.latency import anchor
     from onnxprune.runtime import RuntimeConfig
 
     now = [0.0]
@@ -231,7 +231,7 @@ def test_no_round_is_started_that_would_end_past_the_time_cap(monkeypatch):
             now[0] += 10.0
             return super().speed(*args, **kwargs)
 
-    monkeypatch.setattr(budget, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(anchor, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     model, problem, feed = _ffn_problem()
     source = _Slow(NOISY)
     problem.anchor(model, RuntimeConfig(threads=1), feed, sessions=5, seconds=0.0,
