@@ -155,16 +155,10 @@ def model_with_options(
 
 
 def _structure_choice(candidate: Candidate, option: LayoutOption) -> PrunedWeight:
-    from onnxprune.structures.shrink import consumer_rows
+    from onnxprune.layouts.structure import structure_mask
 
-    context = candidate.structure
-    assert context is not None
-    rows = consumer_rows(context.structure, candidate, np.arange(option.param("keep")))
-    mask = np.zeros(candidate.weight.shape, bool)
-    if candidate.op == "Conv":
-        mask[:, rows] = True
-    else:
-        mask[rows] = True
+    assert candidate.structure is not None
+    mask = structure_mask(candidate, np.arange(option.param("keep")))
     weight = np.where(mask, candidate.weight, 0.0).astype(np.float32)
     return PrunedWeight(option, mask, weight, 0.0)
 

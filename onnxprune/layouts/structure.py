@@ -103,12 +103,7 @@ class StructureLayout:
                                           group, keeps, percdamp=PERCDAMP))
         solution = passes[keep]
         weight = from_rows(candidate, solution.weight)
-        rows = _kept_rows(context.structure, candidate, solution.kept)
-        mask = np.zeros(weight.shape, bool)
-        if candidate.op == "Conv":
-            mask[:, rows] = True
-        else:
-            mask[rows] = True
+        mask = structure_mask(candidate, solution.kept)
         return PrunedWeight(option, mask, weight.astype(np.float32), float(solution.err))
 
     def materialize(self, graph: gs.Graph, candidate: Candidate, pruned: PrunedWeight) -> None:
@@ -116,10 +111,18 @@ class StructureLayout:
             "structures are materialized on the model by onnxprune.materialize, not per node")
 
 
-def _kept_rows(structure, candidate: Candidate, kept: np.ndarray) -> np.ndarray:
+def structure_mask(candidate: Candidate, kept: np.ndarray) -> np.ndarray:
+    """The consumer's weight mask when its structure keeps channels ``kept`` (a Conv's kept
+    input channels are axis 1, a MatMul/Gemm's rows axis 0); :func:`kept_channels` inverts it."""
     from onnxprune.structures.shrink import consumer_rows
 
-    return consumer_rows(structure, candidate, kept)
+    rows = consumer_rows(candidate.structure.structure, candidate, kept)
+    mask = np.zeros(candidate.weight.shape, bool)
+    if candidate.op == "Conv":
+        mask[:, rows] = True
+    else:
+        mask[rows] = True
+    return mask
 
 
 def kept_channels(candidate: Candidate, pruned: PrunedWeight) -> np.ndarray:
