@@ -98,20 +98,21 @@ class Realizer:
         measured and the target is judged on all of them, so one slow session neither passes
         nor fails a model on its own.
         """
-        attempt = self._measure(attempt)
+        payload = attempt.pruned.SerializeToString()  # once, for both measurements
+        attempt = self._measure(attempt, payload)
         measured = attempt.measured
         assert measured is not None
         if target is not None and measured.speedup >= target > measured.speedup_low:
-            more = self._measure(attempt).measured
+            more = self._measure(attempt, payload).measured
             assert more is not None
             attempt = replace(attempt, measured=measured.merged(more))
         return attempt
 
-    def _measure(self, attempt: Attempt) -> Attempt:
+    def _measure(self, attempt: Attempt, payload: bytes) -> Attempt:
         if self.progress:
             self.progress("measuring speedup", 0, self.config.verify_sessions)
         measured = self.timing.speed(
-            self.dense_payload, attempt.pruned, self.timing_feeds, self.runtime,
+            self.dense_payload, payload, self.timing_feeds, self.runtime,
             sessions=self.config.verify_sessions, seconds=self.config.verify_seconds,
             chosen=attempt.chosen, predicted=attempt.predicted,
         )
