@@ -91,12 +91,13 @@ def saving_factor(
     """
     from onnxprune.latency.anchor import model_with_options
 
-    dense_payload = model.SerializeToString()
+    dense_payload: bytes | None = None  # serialized on the first option not in the cache
     measured: dict[LayoutOption, float] = {}
     factors = []
     for option, saving in predicted.items():
         ratio = cached(candidate.name, option) if cached is not None else None
         if ratio is None:
+            dense_payload = dense_payload or model.SerializeToString()
             rewritten = model_with_options(model, candidates,
                                            {candidate.name: option}).SerializeToString()
             ratios = [bench_pair(dense_payload, rewritten, feed, runtime,
