@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,7 +140,10 @@ def prune(
     seed: int = _DEFAULTS["seed"],
     search_budget: float | str = _DEFAULTS["search_budget"],
     search_evaluations: int | None = None,
-    max_error: float = _DEFAULTS["max_error"],
+    max_error: float | None = None,
+    max_channel_error: float | None = None,
+    metric: str | Callable[..., float] | None = None,
+    max_metric_drop: float | None = None,
     max_accuracy_drop: float | None = None,
     fidelity_bound: bool = _DEFAULTS["fidelity_bound"],
     verify_sessions: int = _DEFAULTS["verify_sessions"],
@@ -191,7 +194,16 @@ def prune(
         seed: seed of every random choice.
         search_budget: seconds of SPDY's sensitivity search, or ``"200e"`` for evaluations.
         search_evaluations: cap on the allocations the search scores.
-        max_error: fidelity bound: largest allowed relative output error on held-out samples.
+        max_error: fidelity bound: largest allowed relative output error on held-out samples
+            (None: 0.2, or not checked when a ``metric`` is given).
+        max_channel_error: fidelity bound on the worst output channel group, each channel's
+            error over its own spread on the dense model (None: 0.5, or not checked with a
+            ``metric``).
+        metric: your own metric: ``"top1"``, ``"cosine"``, ``"rank[:K]"``, ``"detection[:T]"``,
+            ``"module:callable"``, or a callable ``metric(dense_outputs, pruned_outputs,
+            labels) -> float`` (higher is better; outputs are dicts of held-out arrays).
+        max_metric_drop: the largest allowed drop of ``metric`` from the dense model's score
+            (None: 0.05).
         max_accuracy_drop: also bound the top-1 accuracy drop (points; labelled data needed).
         fidelity_bound: False turns the bound off (fidelity is still measured).
         verify_sessions: fresh session pairs of the final speed measurement.
@@ -238,6 +250,7 @@ def prune(
         search_evaluations=search_evaluations if search_evaluations is not None else evaluations,
         verify_rounds=verify_rounds, cache_dir=Path(cache_dir) if cache_dir is not None else None,
         sequential=sequential, sparse_storage=sparse_storage, max_error=max_error,
+        max_channel_error=max_channel_error, metric=metric, max_metric_drop=max_metric_drop,
         max_accuracy_drop=max_accuracy_drop, fidelity_bound=fidelity_bound,
         verify_sessions=verify_sessions, verify_seconds=verify_seconds,
         overrides=tuple(_override(o, i) for i, o in enumerate(node_overrides, 1)),

@@ -14,9 +14,7 @@ data is read once, capped at ``max_samples``, and kept in memory.
 
 from __future__ import annotations
 
-import importlib
 import logging
-import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,19 +217,10 @@ def _cap(
 
 
 def load_calib_reader(spec: str, max_samples: int) -> CalibSet:
-    """Import ``module:callable``, call it, and drain the returned reader."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise UserError(f"bad --calib-reader {spec!r}: expected MODULE:CALLABLE")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserError(f"--calib-reader: cannot import {module_name!r}: {exc}") from None
-    factory = getattr(module, attr, None)
-    if factory is None:
-        raise UserError(f"--calib-reader: {module_name!r} has no attribute {attr!r}")
+    """Import ``module:callable`` (or ``file.py:callable``), call it, drain the returned reader."""
+    from onnxprune.plugin import import_attribute
+
+    factory = import_attribute(spec, "--calib-reader")
     reader = factory() if callable(factory) and not hasattr(factory, "get_next") else factory
     if not isinstance(reader, CalibrationReader):
         raise UserError(f"--calib-reader: {spec} did not return an object with get_next()")

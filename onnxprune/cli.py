@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from onnxprune.config import DEFAULT_MAX_ERROR
+from onnxprune.config import DEFAULT_MAX_CHANNEL_ERROR, DEFAULT_MAX_ERROR, DEFAULT_MAX_METRIC_DROP
 from onnxprune.errors import OnnxPruneError, UserError
 from onnxprune.layouts.registry import LAYOUTS
 from onnxprune.settings_file import config_file_options, format_settings, node_overrides
@@ -226,12 +226,27 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
 @click.option("--search-budget", default="30", show_default=True, metavar="SECONDS|Ne",
               help="SPDY's per-layer sensitivity search: seconds (30) or evaluations (200e); "
                    "0 for the plain DP.")
-@click.option("--max-error", type=float, default=DEFAULT_MAX_ERROR, show_default=True,
-              metavar="E",
+@click.option("--max-error", type=float, default=None, metavar="E",
               help="Fidelity bound, on whenever calibration data is given: the largest allowed "
                    "relative output error |y - y_dense| / |y_dense| (worst output, mean over "
-                   "positions) on held-out calibration samples. Exit 0 means the speed target "
-                   "and this bound both hold.")
+                   f"positions) on held-out calibration samples [default: {DEFAULT_MAX_ERROR:g}; "
+                   "with --metric, not checked unless given]. Exit 0 means the speed target "
+                   "and every fidelity bound hold.")
+@click.option("--max-channel-error", type=float, default=None, metavar="E",
+              help="Fidelity bound that no output scale can fool: each output channel's RMS "
+                   "error over its own spread on the dense model (probabilities as log-odds), "
+                   "worst 1% of channels; a destroyed channel scores ~1 "
+                   f"[default: {DEFAULT_MAX_CHANNEL_ERROR:g}; with --metric, not checked unless "
+                   "given].")
+@click.option("--metric", default=None, metavar="NAME|MODULE:CALLABLE",
+              help="Judge fidelity by your task's metric on held-out samples: top1, cosine, "
+                   "rank[:K] (Spearman of score channel K), detection[:T] (F1 vs dense of "
+                   "YOLO-style boxes, score threshold T), or your own "
+                   "metric(dense_outputs, pruned_outputs, labels) -> float from MODULE:CALLABLE "
+                   "or FILE.py:CALLABLE (higher is better).")
+@click.option("--max-metric-drop", type=float, default=None, metavar="D",
+              help="The largest allowed drop of --metric from the dense model's score "
+                   f"[default: {DEFAULT_MAX_METRIC_DROP:g}].")
 @click.option("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
               help="Also bound the top-1 accuracy drop on held-out labelled calibration "
                    "samples, in percentage points.")
@@ -267,7 +282,9 @@ def prune(ctx: click.Context, input_path: str, output_path: str, speedup: float 
           nm: str | None, layouts: str, calib_dir: Path | None, calib_reader: str | None,
           calib_samples: int, shapes: tuple[str, ...], provider: str, threads: int | None,
           json_path: str | None, exclude: str | None, seed: int, search_budget: str,
-          max_error: float, max_accuracy_drop: float | None, no_fidelity_bound: bool,
+          max_error: float | None, max_channel_error: float | None, metric: str | None,
+          max_metric_drop: float | None, max_accuracy_drop: float | None,
+          no_fidelity_bound: bool,
           verify_sessions: int, dry_run: bool, best_effort: bool, sparse_storage: bool,
           cache_dir: Path | None, quiet: bool, verbose: int, log_json: Path | None,
           config: Path | None, print_config: bool, html_path: str | None = None,
@@ -277,7 +294,8 @@ def prune(ctx: click.Context, input_path: str, output_path: str, speedup: float 
     Exit 0 promises both sides: the speedup is measured, not estimated (OUT is timed against IN in
     several fresh ONNX Runtime sessions, interleaved runs, and the target must hold for the lower
     quartile over sessions), and with --calib the outputs on held-out calibration samples stay
-    within --max-error of the dense model's. When the speed is reachable only beyond the bound,
+    within --max-error and --max-channel-error of the dense model's (or, with --metric, your
+    metric drops by at most --max-metric-drop). When the speed is reachable only beyond the bound,
     onnxprune exits 3, writes nothing, and reports the fastest model within the bound.
 
     Without calibration data a data-free proxy decides which weights go, fidelity cannot be
@@ -298,6 +316,7 @@ def prune(ctx: click.Context, input_path: str, output_path: str, speedup: float 
         calib_dir=calib_dir, calib_reader=calib_reader, calib_samples=calib_samples,
         shapes=shapes, provider=provider, threads=threads, json_path=json_path, exclude=exclude,
         seed=seed, search_budget=search_budget, max_error=max_error,
+        max_channel_error=max_channel_error, metric=metric, max_metric_drop=max_metric_drop,
         max_accuracy_drop=max_accuracy_drop, fidelity_bound=not no_fidelity_bound,
         verify_sessions=verify_sessions, dry_run=dry_run, best_effort=best_effort,
         sparse_storage=sparse_storage, cache_dir=cache_dir, quiet=quiet, console=out_console,

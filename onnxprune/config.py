@@ -7,6 +7,7 @@ once (here) and a misspelt option is an error instead of a silently ignored dict
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,13 @@ DEFAULT_MAX_ERROR = 0.2
 
 0.2 keeps an embedding's cosine near 0.98 and, on the shipped classifiers, their held-out
 accuracy within about a point (docs/fidelity.md has the measurements)."""
+DEFAULT_MAX_CHANNEL_ERROR = 0.5
+"""Default bound on the worst channel group's error, each output channel against its own spread
+on the dense model (``fidelity/channels.py``): a destroyed channel scores about 1 however small
+its scale; docs/fidelity.md has what the benchmark models score."""
+DEFAULT_MAX_METRIC_DROP = 0.05
+"""Default bound on the drop of the user's ``--metric`` (its units: 0.05 of an F1, of an
+agreement, of a Spearman correlation)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +118,17 @@ class PruneConfig:
         sparse_storage: write unstructured-pruned weights as ONNX ``sparse_initializer`` (a
             smaller file; ONNX Runtime densifies them on load, so no speedup).
         max_error: fidelity bound, the largest allowed relative output error (worst output's
-            mean per-position ‖y − y_dense‖ / ‖y_dense‖) on held-out calibration samples.
+            mean per-position ‖y − y_dense‖ / ‖y_dense‖) on held-out calibration samples. None:
+            :data:`DEFAULT_MAX_ERROR`, or not checked when a ``metric`` is given.
+        max_channel_error: fidelity bound on the worst channel group (each output channel's
+            RMS error over its spread on the dense model). None: :data:`DEFAULT_MAX_CHANNEL_ERROR`,
+            or not checked when a ``metric`` is given.
+        metric: the user's own metric: a built-in name (``top1``, ``cosine``, ``rank[:K]``,
+            ``detection[:T]``), ``module:callable``, ``file.py:callable``, or (API) a callable
+            ``metric(dense_outputs, pruned_outputs, labels) -> float``, higher is better. With a
+            metric, it is what the bound holds (plus the error bounds only when given).
+        max_metric_drop: the largest allowed drop of ``metric`` from the dense model's score
+            (None: :data:`DEFAULT_MAX_METRIC_DROP`).
         max_accuracy_drop: fidelity bound in accuracy points on held-out labelled samples
             (None: not checked; needs labels).
         fidelity_bound: False turns the bound off (fidelity is still measured and reported).
@@ -145,7 +163,10 @@ class PruneConfig:
     cache_dir: Path | None = None
     sequential: bool = True
     sparse_storage: bool = False
-    max_error: float = DEFAULT_MAX_ERROR
+    max_error: float | None = None
+    max_channel_error: float | None = None
+    metric: str | Callable | None = None
+    max_metric_drop: float | None = None
     max_accuracy_drop: float | None = None
     fidelity_bound: bool = True
     verify_sessions: int = 5
@@ -153,6 +174,23 @@ class PruneConfig:
     overrides: tuple[NodeOverride, ...] = ()
     save_plan: Path | None = None
     fix: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def error_limits(self) -> tuple[float | None, float | None]:
+        """(max relative error, max channel error) the bound checks: the defaults, or with a
+        metric only those given."""
+        if self.metric is not None:
+            return self.max_error, self.max_channel_error
+        return (DEFAULT_MAX_ERROR if self.max_error is None else self.max_error,
+                DEFAULT_MAX_CHANNEL_ERROR if self.max_channel_error is None
+                else self.max_channel_error)
+
+    @property
+    def metric_limit(self) -> float | None:
+        """The largest allowed metric drop (None: no metric)."""
+        if self.metric is None:
+            return None
+        return DEFAULT_MAX_METRIC_DROP if self.max_metric_drop is None else self.max_metric_drop
 
     def override_for(self, node_names: tuple[str, ...] | list[str]) -> NodeOverride | None:
         """The first per-node rule matching any of ``node_names``, or None."""
@@ -179,8 +217,17 @@ class PruneConfig:
             raise UserError("give either --calib or --calib-reader, not both")
         if self.calib_samples < 1:
             raise UserError("--calib-samples must be at least 1")
-        if not self.max_error > 0:
-            raise UserError(f"--max-error must be greater than 0 (got {self.max_error})")
+        for flag, limit in (("--max-error", self.max_error),
+                            ("--max-channel-error", self.max_channel_error)):
+            if limit is not None and not limit > 0:
+                raise UserError(f"{flag} must be greater than 0 (got {limit})")
+        if self.max_metric_drop is not None:
+            if self.metric is None:
+                raise UserError("--max-metric-drop bounds a --metric; give one (e.g. --metric "
+                                "top1)")
+            if not self.max_metric_drop >= 0:
+                raise UserError(f"--max-metric-drop must be at least 0 (got "
+                                f"{self.max_metric_drop})")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise UserError("--max-accuracy-drop must be at least 0 points")
         if overlap := sorted(set(self.fix) & set(self.shapes)):

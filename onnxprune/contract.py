@@ -81,6 +81,7 @@ class _Loop:
     realizer: Realizer
     bound: FidelityBound | None
     search_fidelity: Callable[[Mapping[str, np.ndarray]], Fidelity] | None
+    measure: FidelityBound
     search_samples: int
     progress: Progress | None
     layers: list[LayerChoices] = field(init=False)
@@ -98,7 +99,8 @@ class _Loop:
 
     def search_loss(self, choice: list[int]) -> float:
         assert self.search_fidelity is not None
-        return self.search_fidelity({n: s.weight for n, s in self.chosen(choice).items()}).error
+        return self.measure.loss(
+            self.search_fidelity({n: s.weight for n, s in self.chosen(choice).items()}))
 
     def allocate(self, goal: float, first: bool) -> list[int] | None:
         """An allocation whose chain-corrected prediction reaches ``goal`` (when it can).
@@ -140,7 +142,7 @@ class _Loop:
         self.coefs = result.coefs
         self.search = {"evaluations": result.evaluations, "loss_plain_dp": result.initial_loss,
                        "loss": result.loss, "samples": self.search_samples,
-                       "measure": "relative output error (worst output)"}
+                       "measure": _measure_name(self.measure)}
         return result.choice
 
     def record(self, attempt: Attempt, kind: str) -> None:
@@ -148,6 +150,9 @@ class _Loop:
                      "predicted": attempt.predicted}
         if attempt.fidelity is not None:
             row["relative_error"] = attempt.fidelity.error
+            row["channel_error"] = attempt.fidelity.channel_error
+            if attempt.fidelity.metric is not None:
+                row["metric"] = attempt.fidelity.metric.pruned
             row["accuracy_drop_points"] = attempt.fidelity.accuracy_drop
             row["within_bound"] = self.within(attempt)
         if attempt.measured is not None:
@@ -168,11 +173,7 @@ class _Loop:
         assert self.bound is not None and self.search_fidelity is not None
         scale = 1.0
         for _ in range(CONFIRM_TRIES):
-            strict = FidelityBound(
-                None if self.bound.max_error is None else self.bound.max_error * scale,
-                None if self.bound.max_accuracy_drop is None
-                else self.bound.max_accuracy_drop * scale,
-            )
+            strict = self.bound.scaled(scale)
             lo, hi, best = low, high, None
             for _ in range(BISECTION_STEPS):
                 if hi <= lo * 1.002:
@@ -210,17 +211,21 @@ def run_contract(
     *,
     bound: FidelityBound | None,
     search_fidelity: Callable[[Mapping[str, np.ndarray]], Fidelity] | None,
+    measure: FidelityBound | None = None,
     search_samples: int = 0,
     progress: Progress | None = None,
 ) -> ContractResult:
     """Allocate, realize, check and time until both sides hold or cannot (module docstring).
+
+    ``measure`` gives the search's loss (:meth:`FidelityBound.loss`): ``bound`` when it is on,
+    the same measures unenforced with ``--no-fidelity-bound``.
 
     Raises:
         TargetUnreachableError: not even one allocation fits the time budget.
     """
     assert config.speedup is not None
     loop = _Loop(config, problem, candidates, database, realizer, bound, search_fidelity,
-                 search_samples, progress)
+                 measure or bound or FidelityBound(), search_samples, progress)
     target = config.speedup
     ceiling = problem.amdahl_bound * 0.999
     # Aim a little above the target: a model that only just meets it in the verification run
@@ -307,7 +312,7 @@ def _relax(loop: _Loop, attempt: Attempt, target: float) -> Attempt | None:
         assert relaxed.measured is not None
         if relaxed.measured.speedup_low >= target:
             worse = (relaxed.fidelity is not None and attempt.fidelity is not None
-                     and relaxed.fidelity.error > attempt.fidelity.error)
+                     and loop.measure.loss(relaxed.fidelity) > loop.measure.loss(attempt.fidelity))
             return None if worse else relaxed
         goal = math.sqrt(goal * first_goal)
     return None
@@ -336,10 +341,36 @@ def _shortfall(target: float, problem: AllocationProblem, broke: Attempt | None,
         parts.insert(0, f"the {target:g}x target was not met after {rounds} round(s) "
                         f"(Amdahl bound {problem.amdahl_bound:.2f}x)")
     hint = ("nothing written. Use --best-effort to write the fastest model within the bound, "
-            "a lower --speedup, or a looser --max-error" if broke is not None else
+            f"a lower --speedup, or a looser {_loosen(bound)}" if broke is not None else
             "nothing written. Use --best-effort to write the fastest model found, or a lower "
             "--speedup")
     return "; ".join(parts) + "; " + hint
+
+
+def _measure_name(measure: FidelityBound) -> str:
+    """What the search minimises, for the report."""
+    parts = []
+    if measure.max_error is not None:
+        parts.append("relative output error (worst output)")
+    if measure.max_channel_error is not None:
+        parts.append("channel error (worst channel group)")
+    if measure.metric is not None and measure.max_metric_drop is not None:
+        parts.append(f"{measure.metric.name} drop")
+    if not parts:
+        return "relative output error (worst output)"
+    return "largest share of the bound used: " + ", ".join(parts)
+
+
+def _loosen(bound: FidelityBound | None) -> str:
+    """The flags that loosen the parts of ``bound`` that are set."""
+    if bound is None:
+        return "bound"
+    flags = [flag for flag, limit in (("--max-error", bound.max_error),
+                                      ("--max-channel-error", bound.max_channel_error),
+                                      ("--max-metric-drop", bound.max_metric_drop),
+                                      ("--max-accuracy-drop", bound.max_accuracy_drop))
+             if limit is not None]
+    return " / ".join(flags) if flags else "bound"
 
 
 __all__ = ["ContractResult", "run_contract", "AIM_MARGIN"]

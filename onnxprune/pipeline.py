@@ -30,7 +30,7 @@ from onnxprune.calib import CalibSet, check_against_model, load_calib_dir, load_
 from onnxprune.config import PruneConfig
 from onnxprune.contract import run_contract
 from onnxprune.errors import TargetUnreachableError, UserError
-from onnxprune.fidelity import Fidelity, FidelityBound, describe
+from onnxprune.fidelity import Fidelity, FidelityBound, Metric, Scorer, describe, load_metric
 from onnxprune.graph.candidates import Candidate, GraphAnalysis, SkippedNode
 from onnxprune.graph.candidates import find_candidates as _find_candidates
 from onnxprune.graph.load import load_model, save_model_atomic
@@ -250,11 +250,15 @@ def _nonzeros(solution: PrunedWeight) -> int:
     return int(np.count_nonzero(solution.mask))
 
 
-def _bound(config: PruneConfig, calib: CalibSet | None) -> FidelityBound | None:
-    if calib is None or not config.fidelity_bound:
-        return None
+def _measure(config: PruneConfig, calib: CalibSet) -> FidelityBound:
+    """The measures this run's fidelity is judged and searched by (also with the bound off)."""
+    metric = None
+    if config.metric is not None:
+        metric = (load_metric(config.metric) if isinstance(config.metric, str)
+                  else Metric(getattr(config.metric, "__name__", "metric"), config.metric))
+    max_error, max_channel_error = config.error_limits
     drop = config.max_accuracy_drop if calib.has_labels else None
-    return FidelityBound(config.max_error, drop)
+    return FidelityBound(max_error, max_channel_error, drop, metric, config.metric_limit)
 
 
 @dataclass(frozen=True)
@@ -288,7 +292,9 @@ class Calibrated:
     """Stage 2: the calibration data split three ways, the stitched model and timing inputs.
 
     Everything is None without calibration data except ``feeds`` (synthetic inputs, plus real
-    calibration inputs at the deployment shapes when there are some).
+    calibration inputs at the deployment shapes when there are some). ``measure`` is what
+    fidelity is judged and searched by; ``bound`` is the same when the bound is on (None with
+    ``--no-fidelity-bound``). The scorers hold the dense outputs of the search and verify parts.
     """
 
     calib: CalibSet | None
@@ -298,6 +304,9 @@ class Calibrated:
     runner: StitchedRunner | None
     feeds: Mapping[str, Mapping[str, np.ndarray]]
     bound: FidelityBound | None
+    measure: FidelityBound | None = None
+    search_scorer: Scorer | None = None
+    verify_scorer: Scorer | None = None
 
 
 def prune(
@@ -345,8 +354,7 @@ def prune(
         return _uniform(graph, data, database, realizer, report, config, out_path, started)
     try:
         return _speedup_mode(config, problem, list(graph.candidates), database, realizer,
-                             data.runner, data.search, data.bound, report, data.calib, out_path,
-                             started, progress)
+                             data, report, out_path, started, progress)
     except TargetUnreachableError as exc:
         if exc.report is None:
             exc.report = report
@@ -370,9 +378,8 @@ def _realizer(config: PruneConfig, graph: Analysed, data: Calibrated,
     return Realizer(
         config, graph.model, graph.dense_payload, graph.candidates, graph.runtime, data.feeds,
         _configured_layouts(config), runner=data.runner, fit=data.fit,
-        verify_scorer=(fidelity_scorer(data.runner, data.verify)
-                       if data.runner is not None and data.verify is not None else None),
-        progress=progress, precision=graph.precision, timing=timing,
+        verify_scorer=data.verify_scorer, progress=progress, precision=graph.precision,
+        timing=timing,
     )
 
 
@@ -467,6 +474,9 @@ def _calibrate(graph: Analysed, config: PruneConfig, report: Report,
         )
         logger.warning("no calibration data (--calib): using the data-free magnitude proxy; "
                        "fidelity is not measured")
+        if config.metric is not None:
+            raise UserError("--metric needs calibration data to score the pruned model on "
+                            "(--calib DIR)")
         return Calibrated(None, None, None, None, None, feeds, None)
     if config.max_accuracy_drop is not None and not calib.has_labels:
         raise UserError("--max-accuracy-drop needs labels in the calibration data "
@@ -485,9 +495,13 @@ def _calibrate(graph: Analysed, config: PruneConfig, report: Report,
     real = calib.feed_at(graph.bound_shapes.shapes())
     if real is not None:
         feeds["calibration"] = real
-    bound = _bound(config, calib)
+    measure = _measure(config, calib)
+    bound = measure if config.fidelity_bound else None
     report.bound = bound
-    return Calibrated(calib, fit, search, verify, runner, feeds, bound)
+    verify_scorer = fidelity_scorer(runner, verify, measure.metric)
+    search_scorer = fidelity_scorer(runner, search, measure.metric)
+    return Calibrated(calib, fit, search, verify, runner, feeds, bound, measure, search_scorer,
+                      verify_scorer)
 
 
 def _time(graph: Analysed, config: PruneConfig, report: Report,
@@ -567,23 +581,24 @@ def _uniform(graph: Analysed, data: Calibrated, database: Mapping[str, Sequence[
     bound = data.bound
     if attempt.fidelity is not None and bound is not None and not bound.holds(attempt.fidelity):
         report.within_bound = False
+        report.fidelity = attempt.fidelity
         if not config.best_effort:
             _fill_layers(report, candidates, attempt.chosen, None)
             raise TargetUnreachableError(
                 f"the pruned model breaks the fidelity bound on held-out calibration "
                 f"samples: {'; '.join(bound.violations(attempt.fidelity))} "
                 f"({describe(attempt.fidelity)}); nothing written. Prune less, loosen "
-                "--max-error, or pass --best-effort to write it anyway", report
+                "the bound, or pass --best-effort to write it anyway", report
             )
     return _finish(realizer.measure(attempt), report, realizer, data.calib, out_path, started)
 
 
 def _speedup_mode(config: PruneConfig, problem: AllocationProblem,
                   candidates: Sequence[Candidate], database: Mapping[str, Sequence[PrunedWeight]],
-                  realizer: Realizer, runner: StitchedRunner | None, search: CalibSet | None,
-                  bound: FidelityBound | None, report: Report, calib: CalibSet | None,
-                  out_path: Path, started: float, progress: Progress | None) -> Report:
+                  realizer: Realizer, data: Calibrated, report: Report, out_path: Path,
+                  started: float, progress: Progress | None) -> Report:
     """Dry run, or the contract loop and writing its result."""
+    bound, calib, search = data.bound, data.calib, data.search
     if config.dry_run:
         from onnxprune.allocate.dp import solve_dp
 
@@ -593,9 +608,8 @@ def _speedup_mode(config: PruneConfig, problem: AllocationProblem,
             raise TargetUnreachableError(format_unreachable(problem, config.speedup))
         chosen = {c.name: database[c.name][j] for c, j in zip(candidates, choice, strict=True)}
         return _dry(report, candidates, chosen, problem, started)
-    search_fidelity = fidelity_scorer(runner, search) if runner and search else None
     result = run_contract(config, problem, candidates, database, realizer, bound=bound,
-                          search_fidelity=search_fidelity,
+                          search_fidelity=data.search_scorer, measure=data.measure,
                           search_samples=search.samples if search else 0, progress=progress)
     report.rounds = list(result.rounds)
     report.search = result.search

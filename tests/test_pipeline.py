@@ -170,8 +170,8 @@ def test_uniform_block_sparsity_with_json(tmp_path):
     assert refused.returncode == 3, refused.stderr
     assert "fidelity bound" in refused.stderr and "Traceback" not in refused.stderr
     assert not out.exists()
-    result = subprocess.run([*command, "--max-error", "0.9"], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([*command, "--max-error", "0.9", "--max-channel-error", "2"],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     data = json.loads(json_path.read_text())
     assert data["written"] and data["mode"] == "sparsity"

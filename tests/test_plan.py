@@ -58,12 +58,16 @@ def test_speedup_run_replays_byte_identically(tmp_path):
 
 @pytest.fixture(scope="module")
 def mlp_plan(tmp_path_factory):
-    """A cheap uniform run on the MLP with its plan (no target: nothing to time but the check)."""
+    """A cheap uniform run on the MLP with its plan (no target: nothing to time but the check).
+
+    Half of every weight in blocks costs this MLP several accuracy points, which the channel
+    bound refuses; replay is what is tested here, so that bound is loosened."""
     folder = tmp_path_factory.mktemp("mlp-plan")
     out, plan = folder / "mlp.onnx", folder / "plan.json"
     result = _cli(str(MODELS / "digits_mlp.onnx"), str(out), "--sparsity", "0.5", "--layouts",
                   "block", "--calib", str(CALIB / "digits_mlp"), "--threads", "1",
-                  "--verify-sessions", "1", "--save-plan", str(plan), "--quiet")
+                  "--verify-sessions", "1", "--save-plan", str(plan), "--quiet",
+                  "--max-channel-error", "2")
     assert result.returncode == 0, result.stderr
     return out, plan
 
@@ -127,7 +131,7 @@ def test_a_plan_keeps_the_per_node_rules_it_was_made_with(tmp_path):
     rule = NodeOverride(match="MatMul1", exclude=True, source="test rule")
     config = PruneConfig(sparsity=0.5, layouts=("block",), calib_dir=CALIB / "digits_mlp",
                          threads=1, verify_sessions=1, verify_seconds=0.3, overrides=(rule,),
-                         save_plan=plan)
+                         save_plan=plan, max_channel_error=2.0)
     assert prune(MODELS / "digits_mlp.onnx", out, config).written
     saved = read_plan(plan)
     assert "MatMul1" not in saved.choices and saved.config["fix"] == {}

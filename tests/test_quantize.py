@@ -108,7 +108,8 @@ def test_pruned_model_quantizes_with_onnxruntime(tmp_path, name, shape, layout):
     pruned_path = tmp_path / "pruned.onnx"
     report = prune(dense_path, pruned_path, PruneConfig(
         sparsity=0.5, layouts=(layout,), calib_dir=calib, shapes={"input": shape}, threads=2,
-        verify_sessions=1, cache_dir=tmp_path / "cache"))
+        verify_sessions=1, cache_dir=tmp_path / "cache",
+        max_channel_error=2.0))  # half of the MLP in blocks costs points; quantizing is tested
     assert report.written and any(layer.option.layout == layout for layer in report.layers)
     pruned = onnx.load(pruned_path)
     assert weighted_nodes(pruned)

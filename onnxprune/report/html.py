@@ -134,6 +134,18 @@ def _headline(data: dict) -> str:
         verdict = "" if within is None else ("within the bound" if within else "BEYOND the bound")
         cards.append(_card("worst output error", f"{fidelity['relative_error']:.3f}",
                            f"bound {_fmt(limit)}; {verdict}", "fidelity"))
+        channel_limit = (data.get("fidelity_bound") or {}).get("max_channel_error")
+        if fidelity.get("channel_error") is not None:
+            cards.append(_card("worst channel error", f"{fidelity['channel_error']:.3f}",
+                               f"bound {_fmt(channel_limit)}: each channel against its own "
+                               "spread", "channel-error"))
+        metric = fidelity.get("metric")
+        if metric:
+            metric_limit = (data.get("fidelity_bound") or {}).get("max_metric_drop")
+            cards.append(_card(str(metric["name"]),
+                               f"{metric['dense']:.3f} → {metric['pruned']:.3f}",
+                               f"drop {metric['drop']:.3f}, bound {_fmt(metric_limit)}",
+                               "metric"))
     else:
         cards.append(_card("fidelity", "not measured", data.get("fidelity_reason") or "",
                            "fidelity"))
@@ -150,10 +162,12 @@ def _fidelity_section(data: dict) -> list[str]:
     out.append(f"<p>On {samples} held-out calibration samples (never used to choose anything): "
                "relative error ‖y − y_dense‖ / ‖y_dense‖ per position.</p>")
     out.append(_table(
-        ["output", "positions", "mean error", "p95", "max", "cosine mean", "cosine worst"],
+        ["output", "positions", "mean error", "p95", "max", "cosine mean", "cosine worst",
+         "channel error", "worst channels"],
         [(o["name"], o["positions"], o["relative_error_mean"], o["relative_error_p95"],
-          o.get("relative_error_max"), o.get("cosine_mean"), o.get("cosine_min"))
-         for o in fidelity["outputs"]], numeric=range(1, 7), css_class="fidelity"))
+          o.get("relative_error_max"), o.get("cosine_mean"), o.get("cosine_min"),
+          (o.get("channels") or {}).get("channel_error"), _worst_channels(o.get("channels")))
+         for o in fidelity["outputs"]], numeric=range(1, 8), css_class="fidelity"))
     if fidelity.get("accuracy_drop_points") is not None:
         out.append(f"<p>Top-1 accuracy {fidelity['accuracy_dense']:.3f} → "
                    f"{fidelity['accuracy_pruned']:.3f} ({fidelity['accuracy_drop_points']:+.1f} "
@@ -165,6 +179,15 @@ def _fidelity_section(data: dict) -> list[str]:
     if data.get("fidelity_note"):
         out.append(f'<p class="muted">note: {escape(data["fidelity_note"])}</p>')
     return out
+
+
+def _worst_channels(channels: dict | None) -> str:
+    if not channels or channels.get("axis") is None:
+        return "–"
+    listed = ", ".join(f"{i} ({e:.2f})" for i, e in zip(channels["worst_channels"],
+                                                        channels["worst_channel_errors"],
+                                                        strict=True))
+    return f"axis {channels['axis']}: {listed}"
 
 
 def _layers_section(data: dict) -> list[str]:

@@ -97,19 +97,32 @@ def _fidelity_lines(report: Report) -> list[str]:
     if fid is None:
         return [f"[bold]fidelity:[/bold] {report.fidelity_note or 'not measured'}"]
     bound = report.bound
-    limit = (f"bound {bound.max_error:g}" if bound and bound.max_error is not None
-             else "no bound (--no-fidelity-bound)")
+
+    def limit(value: float | None) -> str:
+        if bound is None:
+            return "no bound (--no-fidelity-bound)"
+        return "not bounded" if value is None else f"bound {value:g}"
+
     verdict = "" if report.within_bound is None else (
         " [green]within the bound[/green]" if report.within_bound else
         " [red]BEYOND the bound[/red]")
     samples = (report.calibration or {}).get("verify_samples", fid.samples)
-    lines = [f"[bold]fidelity[/bold] on {samples} held-out calibration samples: relative output "
-             f"error {fid.error:.3f} ({limit}){verdict}"]
+    headline = (f"relative output error {fid.error:.3f} "
+                f"({limit(bound.max_error if bound else None)}), channel error "
+                f"{fid.channel_error:.3f} ({limit(bound.max_channel_error if bound else None)})")
+    if fid.metric is not None:
+        headline += (f", {fid.metric.name} {fid.metric.dense:.3f} -> {fid.metric.pruned:.3f} "
+                     f"(drop {fid.metric.drop:.3f}, "
+                     f"{limit(bound.max_metric_drop if bound else None)})")
+    lines = [f"[bold]fidelity[/bold] on {samples} held-out calibration samples: "
+             f"{headline}{verdict}"]
     for out in fid.outputs:
         cosine = "" if out.cosine_mean is None else (
             f", cosine {out.cosine_mean:.4f} (worst position {out.cosine_min:.3f})")
+        channels = "" if out.channels is None else (
+            f"; channel error {out.channels.error:.3f} (worst: {out.channels.where()})")
         lines.append(f"  output {out.name}: relative error {out.error_mean:.3f} mean, "
-                     f"{out.error_p95:.3f} p95 over {out.positions} positions{cosine}")
+                     f"{out.error_p95:.3f} p95 over {out.positions} positions{cosine}{channels}")
     if fid.accuracy_drop is not None:
         limit = ("" if not bound or bound.max_accuracy_drop is None
                  else f", bound {bound.max_accuracy_drop:g} points")

@@ -67,6 +67,7 @@ configs = st.fixed_dictionaries({
     "calib": st.booleans(),
     "best_effort": st.booleans(),
     "max_error": st.sampled_from([0.05, 0.5, 10.0, 10.0]),
+    "max_channel_error": st.sampled_from([0.2, 1.0, 1e9, 1e9]),
     "search": st.sampled_from([0, 4]),
 })
 
@@ -74,7 +75,8 @@ configs = st.fixed_dictionaries({
 def _config(draw: dict, shapes: dict, calib_dir: Path | None) -> PruneConfig:
     common = dict(shapes={n: (PRUNE_BATCH, *s[1:]) for n, s in shapes.items()}, threads=1,
                   calib_dir=calib_dir, best_effort=draw["best_effort"],
-                  max_error=draw["max_error"], verify_sessions=1, verify_seconds=0.0,
+                  max_error=draw["max_error"], max_channel_error=draw["max_channel_error"],
+                  verify_sessions=1, verify_seconds=0.0,
                   search_budget=3600.0 if draw["search"] else 0.0,
                   search_evaluations=draw["search"] or None, verify_rounds=2)
     if draw["mode"] == "speedup":

@@ -1,4 +1,4 @@
-"""How faithful a pruned model is to the dense one, per output and per position.
+"""How faithful a pruned model is to the dense one: per output, per position, per channel.
 
 A pooled number hides damage: one large, easy output (a feature map, an embedding) can swamp a
 small destroyed one (box scores, one step of a sequence), and a few large-norm samples can swamp
@@ -13,16 +13,23 @@ an infinite error from noise.
 Integer and boolean outputs (indices, class ids, masks) count the fraction of positions that
 differ as their error. With labels, top-1 accuracy before and after is reported too.
 
-The single number a bound or a search compares is :attr:`Fidelity.error`: the worst output's mean
-per-position relative error.
+Per-position errors are still dominated by the largest entries of each vector, so every float
+output is also measured per *channel*, against the channel's own spread on the dense model
+(:mod:`onnxprune.fidelity.channels`): :attr:`Fidelity.channel_error` is the worst output's worst
+channel group. With a user metric (:mod:`onnxprune.fidelity.metrics`) its score on the dense and
+the pruned outputs is kept too. :class:`onnxprune.fidelity.bound.FidelityBound` says which of
+these a run bounds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from onnxprune.fidelity.channels import ChannelAccumulator, ChannelFidelity
+from onnxprune.fidelity.metrics import Metric, MetricScore
 
 FLOOR = 0.1
 """Denominator floor, as a fraction of the output's RMS per-position norm."""
@@ -40,6 +47,8 @@ class OutputFidelity:
         error_max: the worst position's relative error.
         cosine_mean: mean over positions of the cosine similarity (None for integer outputs).
         cosine_min: the worst position's cosine similarity (None for integer outputs).
+        channels: the worst channel group, each channel against its own spread on the dense
+            model (None for integer outputs).
     """
 
     name: str
@@ -49,12 +58,18 @@ class OutputFidelity:
     error_max: float
     cosine_mean: float | None
     cosine_min: float | None
+    channels: ChannelFidelity | None = None
+
+    @property
+    def channel_error(self) -> float:
+        return 0.0 if self.channels is None else self.channels.error
 
     def to_json(self) -> dict:
         return {
             "name": self.name, "positions": self.positions, "relative_error_mean": self.error_mean,
             "relative_error_p95": self.error_p95, "relative_error_max": self.error_max,
             "cosine_mean": self.cosine_mean, "cosine_min": self.cosine_min,
+            "channels": None if self.channels is None else self.channels.to_json(),
         }
 
 
@@ -68,6 +83,7 @@ class Fidelity:
         accuracy_dense: top-1 accuracy of the dense model on the labels (None: no labels).
         accuracy_pruned: the same for the pruned model.
         labelled: how many labelled samples the accuracies count.
+        metric: the user's metric on these samples (None: no ``--metric``).
     """
 
     samples: int
@@ -75,6 +91,7 @@ class Fidelity:
     accuracy_dense: float | None = None
     accuracy_pruned: float | None = None
     labelled: int = 0
+    metric: MetricScore | None = None
 
     @property
     def error(self) -> float:
@@ -86,6 +103,15 @@ class Fidelity:
         return max(self.outputs, key=lambda o: o.error_mean, default=None)
 
     @property
+    def channel_error(self) -> float:
+        """The worst output's worst channel-group error (0 = identical; ~1 = destroyed)."""
+        return max((o.channel_error for o in self.outputs), default=0.0)
+
+    @property
+    def worst_channel_output(self) -> OutputFidelity | None:
+        return max(self.outputs, key=lambda o: o.channel_error, default=None)
+
+    @property
     def accuracy_drop(self) -> float | None:
         """Accuracy lost, in percentage points (negative: the pruned model scored higher)."""
         if self.accuracy_dense is None or self.accuracy_pruned is None:
@@ -95,6 +121,8 @@ class Fidelity:
     def to_json(self) -> dict:
         return {
             "samples": self.samples, "relative_error": self.error,
+            "channel_error": self.channel_error,
+            "metric": None if self.metric is None else self.metric.to_json(),
             "accuracy_dense": self.accuracy_dense, "accuracy_pruned": self.accuracy_pruned,
             "accuracy_drop_points": self.accuracy_drop, "labelled_samples": self.labelled,
             "outputs": [o.to_json() for o in self.outputs],
@@ -114,6 +142,7 @@ class _OutputAccumulator:
     errors: list[np.ndarray] = field(default_factory=list)
     cosines: list[np.ndarray] = field(default_factory=list)
     integer: bool = False
+    channels: ChannelAccumulator = field(default_factory=ChannelAccumulator)
 
     def add(self, got: np.ndarray, want: np.ndarray) -> None:
         if got.shape != want.shape:
@@ -127,6 +156,7 @@ class _OutputAccumulator:
         d = _as_positions(want).astype(np.float64)
         if y.size == 0:
             return
+        self.channels.add(got, want)
         norm_d = np.linalg.norm(d, axis=-1)
         norm_y = np.linalg.norm(y, axis=-1)
         rms = float(np.sqrt(np.mean(np.square(norm_d))))
@@ -147,6 +177,7 @@ class _OutputAccumulator:
             name, int(errors.size), float(errors.mean()), float(np.percentile(errors, 95)),
             float(errors.max()), None if cos is None else float(cos.mean()),
             None if cos is None else float(cos.min()),
+            None if self.integer else self.channels.summary(),
         )
 
 
@@ -159,24 +190,35 @@ def class_scores(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
     return None
 
 
-def compare(pairs: Iterable[tuple]) -> Fidelity:
+def compare(pairs: Iterable[tuple], metric: Metric | None = None,
+            metric_dense: float | None = None,
+            probabilities: Collection[str] = ()) -> Fidelity:
     """Fidelity over batches of ``(pruned outputs, dense outputs, labels or None[, masks])``.
 
     Outputs are matched by name; the dense outputs decide which names are compared. ``masks``
     maps a [batch, sequence] shape to a bool mask of the real (not padded) positions: an output
-    whose leading dims match is compared on those positions only.
+    whose leading dims match is compared on those positions only. With ``metric`` the outputs
+    are kept and the metric scored on all of them at the end; ``metric_dense`` is its score on
+    the dense outputs when already known (a scorer computes it once). ``probabilities`` names
+    the outputs that carry probabilities (compared per channel as log-odds).
     """
     accumulators: dict[str, _OutputAccumulator] = {}
     samples = labelled = dense_hits = pruned_hits = 0
+    kept: list[tuple[Mapping, Mapping, np.ndarray | None]] = []
     for item in pairs:
         got, want, labels = item[0], item[1], item[2]
         masks = item[3] if len(item) > 3 else {}
+        if metric is not None:
+            kept.append((got, want, labels))
         for name, dense_value in want.items():
             y, d = np.asarray(got[name]), np.asarray(dense_value)
             mask = masks.get(tuple(d.shape[:2])) if d.ndim >= 3 else None
             if mask is not None:
                 y, d = y[mask], d[mask]
-            accumulators.setdefault(name, _OutputAccumulator()).add(y, d)
+            if name not in accumulators:
+                accumulators[name] = _OutputAccumulator(
+                    channels=ChannelAccumulator(probabilities=name in probabilities))
+            accumulators[name].add(y, d)
         first = next(iter(want.values()), None)
         samples += int(np.asarray(first).shape[0]) if first is not None and np.ndim(first) else 1
         if labels is not None:
@@ -187,60 +229,45 @@ def compare(pairs: Iterable[tuple]) -> Fidelity:
                 pruned_hits += int(np.sum(np.argmax(pruned_scores, -1) == labels))
                 labelled += len(labels)
     outputs = tuple(acc.summary(name) for name, acc in accumulators.items())
+    score = None if metric is None else score_metric(metric, kept, metric_dense)
     if not labelled:
-        return Fidelity(samples, outputs)
-    return Fidelity(samples, outputs, dense_hits / labelled, pruned_hits / labelled, labelled)
+        return Fidelity(samples, outputs, metric=score)
+    return Fidelity(samples, outputs, dense_hits / labelled, pruned_hits / labelled, labelled,
+                    score)
 
 
-@dataclass(frozen=True)
-class FidelityBound:
-    """What "still doing its job" means for one run; ``None`` fields are not checked.
-
-    Attributes:
-        max_error: the largest allowed :attr:`Fidelity.error` (worst output's mean per-position
-            relative error).
-        max_accuracy_drop: the largest allowed accuracy drop in points (needs labels).
-    """
-
-    max_error: float | None = None
-    max_accuracy_drop: float | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.max_error is not None or self.max_accuracy_drop is not None
-
-    def violations(self, fidelity: Fidelity) -> list[str]:
-        """Why ``fidelity`` breaks the bound, one phrase per broken part (empty: it holds)."""
-        broken = []
-        if self.max_error is not None and fidelity.error > self.max_error:
-            worst = fidelity.worst_output
-            where = f" (output {worst.name!r})" if worst and len(fidelity.outputs) > 1 else ""
-            broken.append(f"relative output error {fidelity.error:.3f}{where} > "
-                          f"{self.max_error:g}")
-        drop = fidelity.accuracy_drop
-        if self.max_accuracy_drop is not None and drop is not None and \
-                drop > self.max_accuracy_drop + 1e-9:
-            broken.append(f"accuracy drop {drop:.1f} points > {self.max_accuracy_drop:g}")
-        return broken
-
-    def holds(self, fidelity: Fidelity) -> bool:
-        return not self.violations(fidelity)
-
-    def to_json(self) -> dict:
-        return {"max_relative_error": self.max_error,
-                "max_accuracy_drop_points": self.max_accuracy_drop}
+def concatenate(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Batches of outputs joined along axis 0 (what a metric is given)."""
+    if not batches:
+        return {}
+    joined = {}
+    for name in batches[0]:
+        parts = [np.asarray(b[name]) for b in batches]
+        if any(p.ndim == 0 for p in parts) or len({p.shape[1:] for p in parts}) > 1:
+            raise ValueError(f"output {name!r} changes shape between calibration batches "
+                             f"({sorted({p.shape for p in parts})}); a metric needs them "
+                             "concatenated: give batches of one shape")
+        joined[name] = np.concatenate(parts, axis=0)
+    return joined
 
 
-def describe(fidelity: Fidelity) -> str:
-    """One line for messages: the error, the worst output's cosine, the accuracies."""
-    text = f"relative output error {fidelity.error:.3f}"
-    worst = fidelity.worst_output
-    if worst is not None and worst.cosine_mean is not None:
-        text += f", cosine {worst.cosine_mean:.3f}"
-    if fidelity.accuracy_drop is not None:
-        text += (f", accuracy {fidelity.accuracy_dense:.3f} -> {fidelity.accuracy_pruned:.3f} "
-                 f"({fidelity.labelled} samples)")
-    return text
+def score_metric(metric: Metric, kept: Sequence[tuple], dense_score: float | None = None
+                 ) -> MetricScore:
+    """``metric`` of the pruned outputs (and, unless given, of the dense ones) over all of
+    ``kept``: ``(pruned outputs, dense outputs, labels)`` per batch."""
+    from onnxprune.errors import UserError
+
+    try:
+        pruned = concatenate([k[0] for k in kept])
+        dense = concatenate([k[1] for k in kept])
+    except ValueError as exc:
+        raise UserError(f"--metric {metric.name}: {exc}") from None
+    labels = None
+    if kept and all(k[2] is not None for k in kept):
+        labels = np.concatenate([np.asarray(k[2]).reshape(-1) for k in kept])
+    if dense_score is None:
+        dense_score = metric(dense, dense, labels)
+    return MetricScore(metric.name, dense_score, metric(dense, pruned, labels))
 
 
 Scorer = Callable[[Mapping[str, np.ndarray]], Fidelity]
