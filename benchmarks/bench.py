@@ -41,7 +41,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from onnxprune.config import DEFAULT_MAX_ERROR
+from onnxprune.config import DEFAULT_MAX_CHANNEL_ERROR, DEFAULT_MAX_ERROR
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
@@ -178,9 +178,12 @@ def run_onnxprune(model: Model, tmp: Path, threads: int, setting: float, label: 
     if report.exists():
         data = json.loads(report.read_text())
         error = (data.get("fidelity") or {}).get("relative_error")
-        point["relative_error"] = error
-        # The bound is off in these runs; would the default one (--max-error) have held?
-        point["within_bound"] = None if error is None else error <= DEFAULT_MAX_ERROR
+        channel = (data.get("fidelity") or {}).get("channel_error")
+        point["relative_error"], point["channel_error"] = error, channel
+        # The bound is off in these runs; would the default one (both measures) have held?
+        point["within_bound"] = None if error is None else (
+            error <= DEFAULT_MAX_ERROR
+            and (channel is None or channel <= DEFAULT_MAX_CHANNEL_ERROR))
         point["in_run"] = (data.get("measured_speedup") or {}).get("speedup")
     if result.returncode != 0:  # refused, or best effort: its own last line says which
         lines = (result.stderr + result.stdout).strip().splitlines()

@@ -138,7 +138,8 @@ def markdown(results: dict, image: str) -> str:
         "",
         "Methods. **onnxprune**: `onnxprune IN OUT --speedup T --calib DIR --no-fidelity-bound "
         "--best-effort` (the bound is off so that every method is compared at equal speed; the "
-        "column *fidelity bound held* says whether the default `--max-error 0.2` held, i.e. "
+        "column *fidelity bound held* says whether the default bound (`--max-error 0.2`, and "
+        "since issue 21 `--max-channel-error 0.5`) held, i.e. "
         "whether a plain run would have exited 0); *max* is the same at 0.9 × the Amdahl bound. "
         "**uniform magnitude**: `--sparsity L --layouts structure` without data (magnitude "
         "masks, no reconstruction). **uniform + recon**: the same with `--calib` (OBS "

@@ -351,14 +351,14 @@ def _measure_name(measure: FidelityBound) -> str:
     """What the search minimises, for the report."""
     parts = []
     if measure.max_error is not None:
-        parts.append("relative output error (worst output)")
+        parts.append("relative output error")
     if measure.max_channel_error is not None:
-        parts.append("channel error (worst channel group)")
+        parts.append("channel error")
     if measure.metric is not None and measure.max_metric_drop is not None:
         parts.append(f"{measure.metric.name} drop")
     if not parts:
         return "relative output error (worst output)"
-    return "largest share of the bound used: " + ", ".join(parts)
+    return "share of the bound used (the largest of " + ", ".join(parts) + " over its limit)"
 
 
 def _loosen(bound: FidelityBound | None) -> str:

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from rich.console import Console
 from rich.table import Table
 
+from onnxprune.fidelity import describe
 from onnxprune.pipeline import Report
 
 
@@ -129,6 +130,10 @@ def _fidelity_lines(report: Report) -> list[str]:
         lines.append(f"  accuracy {fid.accuracy_dense:.3f} -> {fid.accuracy_pruned:.3f} "
                      f"({fid.accuracy_drop:+.1f} points drop on {fid.labelled} labelled samples; "
                      f"one sample = {100 / fid.labelled:.1f} points{limit})")
+    if report.at_target is not None:
+        broken = "; ".join(bound.violations(report.at_target)) if bound else ""
+        lines.append(f"  at the requested {report.target_speedup:g}x the allocation broke the "
+                     f"bound: {broken or describe(report.at_target)}")
     if report.fidelity_note:
         lines.append(f"  note: {report.fidelity_note}")
     return lines
@@ -150,7 +155,8 @@ def render_report(console: Console, report: Report) -> None:
     if report.search:
         s = report.search
         console.print(f"SPDY search: {s['evaluations']} allocations scored on "
-                      f"{s.get('samples', '?')} calibration samples, relative output error "
+                      f"{s.get('samples', '?')} calibration samples, "
+                      f"{s.get('measure', 'relative output error')} "
                       f"{s['loss_plain_dp']:.4g} (plain DP) -> {s['loss']:.4g}")
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
