@@ -24,10 +24,10 @@ Writes into OUT (default ``.cache/bench``):
   320x320: per anchor (40x40 + 20x20 + 10x10 at strides 8, 16, 32) the box ``cx, cy, w, h`` in
   input pixels, then 18 sigmoid class scores in 0..1 (the YOLOv8 Detect head with its DFL box
   decoding; no NMS in the graph).
-* ``yolo_calib/``  128 photos, one per ``batch_NNN.npz``: ``images`` float32 [1, 3, 320, 320]
+* ``yolo_calib/``  126 photos, one per ``batch_NNN.npz``: ``images`` float32 [1, 3, 320, 320]
   and ``__image__`` (the source file name): calibration as a user of a detector has it, photos
-  of what it detects (the first 96 pool photos where the dense model finds something) and 32
-  where it finds nothing.
+  of what it detects (the pool photos where the dense model finds something, up to 96: 94, with
+  156 detections) and 32 where it finds nothing.
 * ``yolo_eval.npz``  512 other photos: ``images`` uint8 [n, 3, 320, 320] (the float input is
   exactly ``images / 255``) and their ``files`` names.
 
@@ -49,9 +49,6 @@ matched / #A, F1 = 2PR / (P + R) (1.0 when neither model detects anything).
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import os
 import random
 import shutil
 import time
@@ -61,16 +58,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from shipped_onnx import NUM_THREADS, bundled_file, main
 
 from onnxprune.fidelity.metrics import DEFAULT_SCORE_THRESHOLD, detect, match_count
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / ".cache" / "bench"
-DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "imagenet-sample-224"
-NUM_THREADS = 2
 DOC_STRING = "onnxprune benchmark model (models/build_detector.py)"
 
-PACKAGE, PACKAGE_FILE = "nudenet", "320n.onnx"  # nudenet==3.4.2
 MODEL_NAME = "yolo_det.onnx"
 CALIB_DIR = "yolo_calib"
 EVAL_NAME = "yolo_eval.npz"
@@ -89,17 +82,6 @@ def ort_session(path: Path | str) -> ort.InferenceSession:
     so.intra_op_num_threads = NUM_THREADS
     so.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def package_model_path() -> Path:
-    """The ONNX file bundled in the installed wheel (located without importing the package)."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"{PACKAGE} is not installed: pip install --no-deps nudenet==3.4.2")
-    path = Path(next(iter(spec.submodule_search_locations))) / PACKAGE_FILE
-    if not path.is_file():
-        raise SystemExit(f"{path} not found in the installed {PACKAGE}")
-    return path
 
 
 def check_onnx(path: Path) -> onnx.ModelProto:
@@ -229,7 +211,7 @@ def format_score(res: dict[str, float]) -> str:
 
 def build(out: Path, images: Path) -> None:
     t0 = time.time()
-    src = package_model_path()
+    src = bundled_file('nudenet', '320n.onnx', 'nudenet==3.4.2')
     print(f"[yolo] {src} ({src.stat().st_size / 2**20:.1f} MiB)")
     path = out / MODEL_NAME
     shutil.copyfile(src, path)  # as shipped: dynamic batch and size (prune it with --shape)
@@ -280,26 +262,6 @@ def score(model_a: Path, model_b: Path, out: Path) -> dict[str, float]:
     return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
-    ap.add_argument(
-        "--score",
-        nargs=2,
-        type=Path,
-        metavar=("MODEL_A", "MODEL_B"),
-        help="F1 of MODEL_B's detections against MODEL_A's (the reference) on the eval photos",
-    )
-    args = ap.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", str(NUM_THREADS))
-    out = args.out.resolve()
-    if args.score:
-        score(args.score[0], args.score[1], out)
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    build(out, args.images.resolve())
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, build, score,
+         "F1 of MODEL_B's detections against MODEL_A's (the reference) on the eval photos")

