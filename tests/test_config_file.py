@@ -170,3 +170,14 @@ def test_the_readme_config_example_is_accepted(tmp_path):
     values, sources = printed(tmp_path, "--config", config)
     assert values["speedup"] == 2.0 and sources["speedup"] == f"file {config}"
     assert [rule["match"] for rule in values["node"]] == ["/head/.*", "/fc2/MatMul"]
+
+
+def test_the_metric_and_its_bound_come_from_the_file(tmp_path):
+    config = write(tmp_path, 'speedup = 2.0\nmetric = "rank:1"\nmax-metric-drop = 0.1\n'
+                             'max-channel-error = 0.8\n')
+    values, sources = printed(tmp_path, "--config", config)
+    assert values["metric"] == "rank:1" and sources["metric"] == f"file {config}"
+    assert values["max-metric-drop"] == 0.1 and values["max-channel-error"] == 0.8
+    bad = write(tmp_path, 'speedup = 2.0\nmetric = "nonsense"\n', "bad.toml")
+    ran = invoke(MLP, tmp_path / "out.onnx", "--config", bad, "--calib", CALIB, "--quiet")
+    assert ran.code == 2 and "unknown --metric 'nonsense'" in ran.stderr
