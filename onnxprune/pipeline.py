@@ -614,7 +614,10 @@ def _speedup_mode(config: PruneConfig, problem: AllocationProblem,
     report.rounds = list(result.rounds)
     report.search = result.search
     report.at_target = result.at_target.fidelity if result.at_target else None
-    if result.attempt is None or (not result.met and not config.best_effort):
+    # --best-effort writes the fastest model found, but never one slower than the input.
+    slower = (result.attempt is not None and not result.met
+              and result.attempt.measured is not None and result.attempt.measured.speedup < 1.0)
+    if result.attempt is None or (not result.met and not config.best_effort) or slower:
         if result.attempt is not None:
             report.predicted_speedup = result.attempt.predicted
             report.measured = result.attempt.measured
@@ -623,7 +626,12 @@ def _speedup_mode(config: PruneConfig, problem: AllocationProblem,
                 report.within_bound = bound.holds(result.attempt.fidelity)
             report.met_target = False
             _fill_layers(report, candidates, result.attempt.chosen, problem)
-        raise TargetUnreachableError(result.message or format_unreachable(problem, config.speedup))
+        message = result.message or format_unreachable(problem, config.speedup)
+        if slower and config.best_effort:
+            message = (f"{message.split('; nothing written')[0]}; --best-effort wrote nothing: "
+                       f"the fastest model found measured {result.attempt.measured.speedup:.2f}x, "
+                       "slower than the input")
+        raise TargetUnreachableError(message)
     attempt = result.attempt
     report.predicted_speedup = attempt.predicted
     report.met_target = result.met

@@ -63,3 +63,21 @@ def test_measured_speed_is_the_prediction_times_a_bounded_bias():
     assert len(bias) == 1 and 0.9 <= bias.pop() <= 1.0
     assert timing.speed(b"", None, {}, None, sessions=1).speedup == pytest.approx(
         1.0, abs=0.1)
+
+
+def test_best_effort_never_writes_a_model_slower_than_its_input(tmp_path):
+    """Measured far below its prediction (bias 0.5), every model found is slower than dense:
+    --best-effort writes nothing and says so, instead of a slower file."""
+    from onnxprune.errors import TargetUnreachableError
+
+    path, calib, shapes = _model(tmp_path)
+    out = tmp_path / "out.onnx"
+    timing = SyntheticTiming(seed=1, measure_bias=(0.5, 0.5), sessions_spread=0.0)
+    config = PruneConfig(speedup=1.3, calib_dir=calib, shapes=shapes, threads=1, search_budget=0,
+                         verify_sessions=1, verify_rounds=1, max_error=10.0,
+                         max_channel_error=1e9, best_effort=True)
+    with pytest.raises(TargetUnreachableError, match="slower than the input") as refused:
+        prune(path, out, config, timing=timing)
+    assert "--best-effort wrote nothing" in str(refused.value)
+    assert not out.exists()
+    assert refused.value.report.measured.speedup < 1.0
