@@ -294,7 +294,8 @@ class Calibrated:
     Everything is None without calibration data except ``feeds`` (synthetic inputs, plus real
     calibration inputs at the deployment shapes when there are some). ``measure`` is what
     fidelity is judged and searched by; ``bound`` is the same when the bound is on (None with
-    ``--no-fidelity-bound``). The scorers hold the dense outputs of the search and verify parts.
+    ``--no-fidelity-bound``). ``verify_scorer`` holds the dense outputs of the verify part (and
+    the metric's dense score: a metric that cannot score this model fails here, before timing).
     """
 
     calib: CalibSet | None
@@ -305,7 +306,6 @@ class Calibrated:
     feeds: Mapping[str, Mapping[str, np.ndarray]]
     bound: FidelityBound | None
     measure: FidelityBound | None = None
-    search_scorer: Scorer | None = None
     verify_scorer: Scorer | None = None
 
 
@@ -499,9 +499,7 @@ def _calibrate(graph: Analysed, config: PruneConfig, report: Report,
     bound = measure if config.fidelity_bound else None
     report.bound = bound
     verify_scorer = fidelity_scorer(runner, verify, measure.metric)
-    search_scorer = fidelity_scorer(runner, search, measure.metric)
-    return Calibrated(calib, fit, search, verify, runner, feeds, bound, measure, search_scorer,
-                      verify_scorer)
+    return Calibrated(calib, fit, search, verify, runner, feeds, bound, measure, verify_scorer)
 
 
 def _time(graph: Analysed, config: PruneConfig, report: Report,
@@ -608,8 +606,11 @@ def _speedup_mode(config: PruneConfig, problem: AllocationProblem,
             raise TargetUnreachableError(format_unreachable(problem, config.speedup))
         chosen = {c.name: database[c.name][j] for c, j in zip(candidates, choice, strict=True)}
         return _dry(report, candidates, chosen, problem, started)
+    search_scorer = (fidelity_scorer(data.runner, search, data.measure.metric)
+                     if data.runner is not None and search is not None and data.measure is not None
+                     else None)
     result = run_contract(config, problem, candidates, database, realizer, bound=bound,
-                          search_fidelity=data.search_scorer, measure=data.measure,
+                          search_fidelity=search_scorer, measure=data.measure,
                           search_samples=search.samples if search else 0, progress=progress)
     report.rounds = list(result.rounds)
     report.search = result.search

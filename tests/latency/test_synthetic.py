@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -78,6 +80,6 @@ def test_best_effort_never_writes_a_model_slower_than_its_input(tmp_path):
                          max_channel_error=1e9, best_effort=True)
     with pytest.raises(TargetUnreachableError, match="slower than the input") as refused:
         prune(path, out, config, timing=timing)
-    assert "--best-effort wrote nothing" in str(refused.value)
+    assert re.search(r"--best-effort wrote nothing: the fastest model found measured 0\.\d\dx",
+                     str(refused.value))
     assert not out.exists()
-    assert refused.value.report.measured.speedup < 1.0
