@@ -31,10 +31,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,plot]"
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test,plot,recover]"
 	touch $@
 
-install: $(STAMP)  ## local .venv with onnxprune and its test dependencies
+install: $(STAMP)  ## local .venv with onnxprune, torch (CPU, for global recovery) and the tests' deps
 
 $(MODELS_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q "$(TORCH)"

@@ -150,6 +150,9 @@ def prune(
     verify_seconds: float = _DEFAULTS["verify_seconds"],
     verify_rounds: int = _DEFAULTS["verify_rounds"],
     sequential: bool = _DEFAULTS["sequential"],
+    error_feedback: bool = _DEFAULTS["error_feedback"],
+    recover: bool = _DEFAULTS["recover"],
+    recover_seconds: float | None = None,
     dry_run: bool = False,
     best_effort: bool = False,
     sparse_storage: bool = False,
@@ -210,6 +213,9 @@ def prune(
         verify_seconds: wall-clock budget of one speed measurement.
         verify_rounds: how often the budget is tightened after a measured miss.
         sequential: feed already-pruned activations forward when collecting statistics.
+        error_feedback: re-solve each layer toward the dense model's output of it.
+        recover: global recovery (torch, the ``recover`` extra) after the one-shot solve.
+        recover_seconds: its time budget per realized model (None: sized to the model).
         dry_run: plan and predict only; nothing is written.
         best_effort: when the target cannot be met within the bound, still produce the fastest
             model found within it (``result.met_target`` is then False).
@@ -249,7 +255,8 @@ def prune(
         best_effort=best_effort, search_budget=seconds,
         search_evaluations=search_evaluations if search_evaluations is not None else evaluations,
         verify_rounds=verify_rounds, cache_dir=Path(cache_dir) if cache_dir is not None else None,
-        sequential=sequential, sparse_storage=sparse_storage, max_error=max_error,
+        sequential=sequential, error_feedback=error_feedback, recover=recover,
+        recover_seconds=recover_seconds, sparse_storage=sparse_storage, max_error=max_error,
         max_channel_error=max_channel_error, metric=metric, max_metric_drop=max_metric_drop,
         max_accuracy_drop=max_accuracy_drop, fidelity_bound=fidelity_bound,
         verify_sessions=verify_sessions, verify_seconds=verify_seconds,

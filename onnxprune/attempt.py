@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
+from onnxprune.allocate.loss import FidelityScorer
 from onnxprune.calib import CalibSet
 from onnxprune.config import PruneConfig
-from onnxprune.fidelity import Fidelity, Scorer
+from onnxprune.fidelity import Fidelity, FidelityBound
 from onnxprune.graph.candidates import Candidate
 from onnxprune.graph.precision import LowPrecision, lower
 from onnxprune.latency.measure import SpeedResult
@@ -26,6 +27,7 @@ from onnxprune.layouts.base import Layout, PrunedWeight
 from onnxprune.materialize import materialize
 from onnxprune.progress import Progress
 from onnxprune.reconstruct.stitch import StitchedRunner
+from onnxprune.recover.stage import RecoveryStage
 from onnxprune.runtime import RuntimeConfig
 from onnxprune.solve.sequential import sequential_resolve
 
@@ -44,6 +46,10 @@ class Attempt:
         predicted: the latency table's predicted speedup (None in the uniform modes).
         fidelity: agreement with the dense model on the verify data (None: no calibration data).
         measured: the speed measured in fresh sessions (None: not timed).
+        oneshot: when global recovery's model was kept, the one-shot model it was tuned from
+            (same graph, other initializer values; the masked-dense exactness is checked on it).
+        oneshot_fidelity: the one-shot model's fidelity on the verify data, when recovery ran.
+        recovery: what global recovery did (:meth:`Recovery.to_json` plus ``kept``), or None.
     """
 
     chosen: Mapping[str, PrunedWeight]
@@ -52,6 +58,9 @@ class Attempt:
     predicted: float | None = None
     fidelity: Fidelity | None = None
     measured: SpeedResult | None = None
+    oneshot: onnx.ModelProto | None = None
+    oneshot_fidelity: Fidelity | None = None
+    recovery: dict | None = None
 
     @property
     def weights(self) -> dict[str, np.ndarray]:
@@ -71,24 +80,51 @@ class Realizer:
     layouts: Mapping[str, Layout]
     runner: StitchedRunner | None = None
     fit: CalibSet | None = None
-    verify_scorer: Scorer | None = None
+    verify_scorer: FidelityScorer | None = None
     progress: Progress | None = None
     precision: LowPrecision | None = None
     timing: TimingSource = MEASURED
+    recovery: RecoveryStage | None = None
+    bound_measure: FidelityBound | None = None
 
     def realize(self, chosen: Mapping[str, PrunedWeight], goal: float | None = None,
                 predicted: float | None = None) -> Attempt:
-        """Sequential re-solve (with calibration data), materialize, fidelity on verify data."""
+        """Sequential re-solve (with calibration data), materialize, fidelity on verify data,
+        then global recovery, whose model is kept only when the verify data says it is better."""
         chosen = dict(chosen)
         if self.runner is not None and self.fit is not None and self.config.sequential:
-            chosen = sequential_resolve(self.runner, self.model, self.candidates, chosen, self.fit)
+            chosen = sequential_resolve(self.runner, self.model, self.candidates, chosen,
+                                        self.fit, feedback=self.config.error_feedback)
         pruned = materialize(self.model, self.candidates, chosen, self.layouts)
-        if self.precision is not None:
-            pruned = lower(pruned, self.precision)
         fidelity = None
         if self.verify_scorer is not None:
             fidelity = self.verify_scorer({n: s.weight for n, s in chosen.items()})
-        return Attempt(chosen, pruned, goal, predicted, fidelity)
+        attempt = Attempt(chosen, pruned, goal, predicted, fidelity)
+        if self.recovery is not None and fidelity is not None and any(
+                s.option.layout != "dense" for s in chosen.values()):
+            attempt = self._recover(attempt)
+        if self.precision is not None:
+            attempt = replace(attempt, pruned=lower(attempt.pruned, self.precision))
+        return attempt
+
+    def _recover(self, attempt: Attempt) -> Attempt:
+        """Global recovery of ``attempt``'s model; the tuned one replaces it when better."""
+        assert self.recovery is not None and self.verify_scorer is not None
+        assert attempt.fidelity is not None
+        result = self.recovery.run(attempt.pruned, self.progress)
+        record = {**result.to_json(), "kept": False}
+        if result.model is None:
+            return replace(attempt, recovery=record, oneshot_fidelity=attempt.fidelity)
+        tuned = self.verify_scorer.of_model(result.model)
+        measure = self.bound_measure or FidelityBound()
+        record.update(loss_verify_oneshot=measure.loss(attempt.fidelity),
+                      loss_verify_recovered=measure.loss(tuned))
+        if measure.loss(tuned) >= measure.loss(attempt.fidelity):
+            record["note"] += "; not kept: no better on the verify data than the one-shot model"
+            return replace(attempt, recovery=record, oneshot_fidelity=attempt.fidelity)
+        record["kept"] = True
+        return replace(attempt, pruned=result.model, fidelity=tuned, oneshot=attempt.pruned,
+                       oneshot_fidelity=attempt.fidelity, recovery=record)
 
     def measure(self, attempt: Attempt, target: float | None = None) -> Attempt:
         """Time ``attempt`` against the dense model in fresh session pairs.

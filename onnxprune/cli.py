@@ -252,6 +252,17 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
                    "samples, in percentage points.")
 @click.option("--no-fidelity-bound", is_flag=True,
               help="Turn the fidelity bound off (fidelity is still measured and reported).")
+@click.option("--recover/--no-recover", default=True, show_default=True,
+              help="Global recovery after the one-shot solve: every remaining weight tuned "
+                   "together (masks and shapes fixed) so the outputs match the dense model's on "
+                   "the calibration data; kept only when held-out samples say it is better. "
+                   'Needs torch: pip install "onnxprune[recover]".')
+@click.option("--recover-seconds", type=float, default=None, metavar="S",
+              help="Time budget of global recovery per realized model [default: about 400 "
+                   "optimizer steps, 10-120 s].")
+@click.option("--error-feedback/--no-error-feedback", default=True, show_default=True,
+              help="Re-solve each pruned layer toward the dense model's output of it (not its "
+                   "own output on the pruned input), so it absorbs the error upstream.")
 @click.option("--verify-sessions", type=int, default=5, show_default=True, metavar="N",
               help="Fresh ONNX Runtime session pairs the final speed check runs in; the target "
                    "must hold for their lower quartile.")
@@ -288,7 +299,8 @@ def prune(ctx: click.Context, input_path: str, output_path: str, speedup: float 
           verify_sessions: int, dry_run: bool, best_effort: bool, sparse_storage: bool,
           cache_dir: Path | None, quiet: bool, verbose: int, log_json: Path | None,
           config: Path | None, print_config: bool, html_path: str | None = None,
-          save_plan: Path | None = None, fixes: tuple[str, ...] = ()) -> int:
+          save_plan: Path | None = None, fixes: tuple[str, ...] = (), recover: bool = True,
+          recover_seconds: float | None = None, error_feedback: bool = True) -> int:
     """Prune IN to run --speedup S times faster on the provider and write OUT.
 
     Exit 0 promises both sides: the speedup is measured, not estimated (OUT is timed against IN in
@@ -323,7 +335,8 @@ def prune(ctx: click.Context, input_path: str, output_path: str, speedup: float 
         log_json=log_json, node_overrides=node_overrides(ctx),
         html_path=html_path,
         save_plan=save_plan,
-        fixes=fixes,
+        fixes=fixes, recover=recover, recover_seconds=recover_seconds,
+        error_feedback=error_feedback,
     )
 
 

@@ -31,7 +31,8 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
               dry_run, best_effort, sparse_storage, cache_dir, quiet, console: Console,
               log_json: Path | None = None, node_overrides: Sequence[NodeOverride] = (),
               html_path: str | None = None, save_plan: Path | None = None,
-              fixes: tuple[str, ...] = ()) -> int:
+              fixes: tuple[str, ...] = (), recover: bool = True,
+              recover_seconds: float | None = None, error_feedback: bool = True) -> int:
     """``onnxprune prune``: the API call, then the summary, the JSON, and the exit code."""
     from onnxprune.api import prune
     from onnxprune.graph.fold import parse_fix_specs
@@ -53,7 +54,8 @@ def run_prune(input_path: str, output_path: str, *, speedup, sparsity, nm, layou
                 verify_sessions=verify_sessions, dry_run=dry_run, best_effort=best_effort,
                 sparse_storage=sparse_storage, cache_dir=cache_dir,
                 node_overrides=node_overrides, save_plan=save_plan,
-                fix=parse_fix_specs(fixes), progress=progress,
+                fix=parse_fix_specs(fixes), progress=progress, recover=recover,
+                recover_seconds=recover_seconds, error_feedback=error_feedback,
             )
     except TargetUnreachableError as exc:
         if json_path and exc.report is not None:  # pipelines read why, and what was reachable

@@ -115,6 +115,11 @@ class PruneConfig:
         verify_rounds: how many times to tighten the budget after a measured miss.
         cache_dir: latency-table cache (None: the user cache folder).
         sequential: feed already-pruned activations forward when collecting statistics.
+        error_feedback: the sequential re-solve targets the dense model's output of each layer
+            (``min ‖Ŵ·X_pruned − W·X_dense‖``), so each layer absorbs the error upstream of it.
+        recover: global recovery after the one-shot solve (every remaining weight tuned
+            together toward the dense outputs, masks fixed; needs torch: the ``recover`` extra).
+        recover_seconds: its time budget per realized model (None: sized to the model).
         sparse_storage: write unstructured-pruned weights as ONNX ``sparse_initializer`` (a
             smaller file; ONNX Runtime densifies them on load, so no speedup).
         max_error: fidelity bound, the largest allowed relative output error (worst output's
@@ -162,6 +167,9 @@ class PruneConfig:
     verify_rounds: int = 3
     cache_dir: Path | None = None
     sequential: bool = True
+    error_feedback: bool = True
+    recover: bool = True
+    recover_seconds: float | None = None
     sparse_storage: bool = False
     max_error: float | None = None
     max_channel_error: float | None = None
@@ -217,6 +225,9 @@ class PruneConfig:
             raise UserError("give either --calib or --calib-reader, not both")
         if self.calib_samples < 1:
             raise UserError("--calib-samples must be at least 1")
+        if self.recover_seconds is not None and not self.recover_seconds > 0:
+            raise UserError(f"--recover-seconds must be greater than 0 (got "
+                            f"{self.recover_seconds})")
         for flag, limit in (("--max-error", self.max_error),
                             ("--max-channel-error", self.max_channel_error)):
             if limit is not None and not limit > 0:

@@ -46,6 +46,8 @@ MAX_GOAL_STEP = 1.35
 30% on small models; the fidelity bound guards what a bigger step costs)."""
 BISECTION_STEPS = 7
 """Steps of the search for the fastest goal within the fidelity bound (≈1% resolution)."""
+MAX_RECOVERY_GAIN = 3.0
+"""The one-shot search's bound is loosened by at most this factor for what recovery gains."""
 CONFIRM_TRIES = 3
 """Realizations tried when the search data says "within" but the verify data disagrees."""
 
@@ -157,6 +159,8 @@ class _Loop:
             row["within_bound"] = self.within(attempt)
         if attempt.measured is not None:
             row.update(measured=attempt.measured.speedup, measured_low=attempt.measured.speedup_low)
+        if attempt.recovery is not None:
+            row["recovery"] = attempt.recovery
         self.rounds.append(row)
         logger.info("round %d (%s): goal %.2fx, predicted %.2fx%s%s", row["round"], kind,
                     attempt.goal or 0, attempt.predicted or 0,
@@ -167,11 +171,30 @@ class _Loop:
     def within(self, attempt: Attempt) -> bool:
         return self.bound is None or attempt.fidelity is None or self.bound.holds(attempt.fidelity)
 
+    def recovery_gain(self) -> float:
+        """How much looser the one-shot search may be judged, learnt from global recovery.
+
+        The search scores allocations by their one-shot fidelity (recovering each would cost
+        its time budget per evaluation); recovery then improves the realized model. The gain
+        seen on the realized models so far (one-shot loss over recovered loss, on the verify
+        data) loosens the search's bound by that factor, at most :data:`MAX_RECOVERY_GAIN`; the
+        realized, recovered model is still confirmed on the verify data, and each failed
+        confirmation tightens the scale again.
+        """
+        gains = []
+        for row in self.rounds:
+            recovery = row.get("recovery") or {}
+            before, after = recovery.get("loss_verify_oneshot"), recovery.get(
+                "loss_verify_recovered")
+            if recovery.get("kept") and before and after and after > 0:
+                gains.append(before / after)
+        return float(min(max(min(gains, default=1.0), 1.0), MAX_RECOVERY_GAIN))
+
     # ------------------------------------------------------------------ the fastest within
     def fastest_within(self, low: float, high: float) -> Attempt | None:
         """Bisect the goal in (low, high) for the fastest allocation within the bound."""
         assert self.bound is not None and self.search_fidelity is not None
-        scale = 1.0
+        scale = self.recovery_gain()
         for _ in range(CONFIRM_TRIES):
             strict = self.bound.scaled(scale)
             lo, hi, best = low, high, None

@@ -49,10 +49,12 @@ from onnxprune.layouts.registry import (
 )
 from onnxprune.reconstruct.collect import collect_hessians, poorly_conditioned
 from onnxprune.reconstruct.stitch import StitchedRunner
+from onnxprune.recover.stage import RecoveryStage
+from onnxprune.recover.tune import INSTALL_HINT, torch_available
 from onnxprune.runtime import RuntimeConfig, resolve_provider, synthetic_feed
 from onnxprune.solve.database import build_database
 from onnxprune.structures.context import discover_and_attach, layouts_for
-from onnxprune.verify import check_exact
+from onnxprune.verify import check_exact, require_same_graph
 
 logger = logging.getLogger("onnxprune")
 
@@ -118,6 +120,8 @@ class Report:
     met_target: bool | None = None
     # The latency table's dense total and fixed (not prunable) part, for the report's time budget.
     dense_time: dict | None = None
+    # Global recovery of the written (or refused) model: Recovery.to_json() plus "kept".
+    recovery: dict | None = None
 
 
 def _emit(progress: Progress | None, stage: str, done: int, total: int) -> None:
@@ -349,7 +353,7 @@ def prune(
     problem = _time(graph, config, report, progress, timing) if graph.mode == "speedup" else None
     options = problem.options if problem is not None else graph.options
     database = _solve(graph, data, options, report, progress)
-    realizer = _realizer(config, graph, data, progress, timing)
+    realizer = _realizer(config, graph, data, progress, timing, report)
     if problem is None:
         return _uniform(graph, data, database, realizer, report, config, out_path, started)
     try:
@@ -373,14 +377,30 @@ def _check_paths(input_path: str | Path, output_path: str | Path) -> tuple[Path,
 
 
 def _realizer(config: PruneConfig, graph: Analysed, data: Calibrated,
-              progress: Progress | None, timing: TimingSource = MEASURED) -> Realizer:
-    """The stage that materializes, checks and measures a choice of every candidate."""
+              progress: Progress | None, timing: TimingSource = MEASURED,
+              report: Report | None = None) -> Realizer:
+    """The stage that materializes, checks, recovers and measures a choice of every candidate."""
     return Realizer(
         config, graph.model, graph.dense_payload, graph.candidates, graph.runtime, data.feeds,
         _configured_layouts(config), runner=data.runner, fit=data.fit,
         verify_scorer=data.verify_scorer, progress=progress, precision=graph.precision,
-        timing=timing,
+        timing=timing, recovery=_recovery_stage(config, graph, data, report),
+        bound_measure=data.measure,
     )
+
+
+def _recovery_stage(config: PruneConfig, graph: Analysed, data: Calibrated,
+                    report: Report | None) -> RecoveryStage | None:
+    """Global recovery, when it is on, calibration data is given and torch is installed."""
+    if not config.recover or data.runner is None or data.fit is None or data.search is None:
+        return None
+    if not torch_available():
+        if report is not None:
+            report.notes.append(f"global recovery not available: torch is not installed; "
+                                f"{INSTALL_HINT}, or pass --no-recover to silence this")
+        return None
+    return RecoveryStage(data.runner, data.fit, data.search, config.recover_seconds,
+                         config.threads, config.seed)
 
 
 def _analyse(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[Analysed, Report]:
@@ -690,6 +710,19 @@ def _fill_layers(report: Report, candidates: Sequence[Candidate],
         ))
 
 
+def _note_recovery(report: Report, attempt: Attempt) -> None:
+    """The report's record and one line on what global recovery did to the written model."""
+    report.recovery = attempt.recovery
+    if attempt.recovery is None:
+        return
+    line = attempt.recovery["note"]
+    if attempt.recovery.get("kept") and attempt.oneshot_fidelity is not None \
+            and attempt.fidelity is not None:
+        line += (f"; on held-out samples: {describe(attempt.oneshot_fidelity)} (one-shot) -> "
+                 f"{describe(attempt.fidelity)}")
+    report.notes.append(line)
+
+
 def _finish(attempt: Attempt, report: Report, realizer: Realizer, calib: CalibSet | None,
             out_path: Path, started: float, problem: AllocationProblem | None = None) -> Report:
     """Check exactness against masked-dense, then write atomically and complete the report."""
@@ -698,8 +731,20 @@ def _finish(attempt: Attempt, report: Report, realizer: Realizer, calib: CalibSe
         report.notes.append("every node stayed dense: nothing was pruned")
     reference = realizer.runner or StitchedRunner(realizer.model, realizer.candidates)
     check_feed = calib.batches[0] if calib is not None else realizer.timing_feeds["synthetic"]
-    report.exactness = check_exact(attempt.pruned, reference, attempt.weights, check_feed,
+    # A recovered model is checked through the one-shot model it was tuned from: that one
+    # against masked-dense, and the recovered one has its graph (only initializer values differ;
+    # recovery checked its torch run against ONNX Runtime).
+    checked = attempt.pruned
+    if attempt.oneshot is not None:
+        checked = attempt.oneshot
+        if realizer.precision is not None:
+            from onnxprune.graph.precision import lower
+
+            checked = lower(checked, realizer.precision)
+        require_same_graph(checked, attempt.pruned)
+    report.exactness = check_exact(checked, reference, attempt.weights, check_feed,
                                    **({"rtol": LOW_PRECISION_RTOL} if realizer.precision else {}))
+    _note_recovery(report, attempt)
     report.fidelity = attempt.fidelity
     if report.bound is not None and attempt.fidelity is not None:
         report.within_bound = report.bound.holds(attempt.fidelity)

@@ -25,7 +25,17 @@ from pathlib import Path
 from typing import IO
 
 Progress = Callable[[str, int, int], None]
-"""(stage description, done, total): ``total`` 0 means the amount of work is not known."""
+"""(stage description, done, total): ``total`` 0 means the amount of work is not known.
+
+A description may carry a detail that changes as the stage runs after ``DETAIL`` (global
+recovery's falling loss: ``"global recovery · loss 0.12"``); the stage is the part before it."""
+
+DETAIL = " · "
+
+
+def stage_key(stage: str) -> str:
+    """The stage a description belongs to (the text before a changing detail)."""
+    return stage.split(DETAIL, 1)[0]
 
 PLAIN_STEP = 0.10
 """Plain lines are printed each time a stage crosses another 10% of its total ..."""
@@ -88,14 +98,16 @@ class StageTracker:
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         now = self.clock()
-        state = self.stages.get(stage)
+        key = stage_key(stage)
+        state = self.stages.get(key)
         complete = total > 0 and done >= total
         if state is None or (state.finished and not complete):  # new, or run again
-            self._close_others(stage, now)
-            state = self.stages[stage] = _Stage(stage, now, last_emit=now)
+            self._close_others(key, now)
+            state = self.stages[key] = _Stage(stage, now, last_emit=now)
             state.done, state.total = done, total
             state.last_fraction = state.fraction() or 0.0
             self.on_event("start", state, now)
+        state.name = stage
         state.done, state.total = done, total
         if state.finished:
             return
@@ -107,8 +119,8 @@ class StageTracker:
             state.last_fraction = state.fraction() or 0.0
 
     def _close_others(self, current: str, now: float) -> None:
-        for state in self.stages.values():
-            if state.name != current and not state.finished:
+        for key, state in self.stages.items():
+            if key != current and not state.finished:
                 self._end(state, now)
 
     def _end(self, state: _Stage, now: float) -> None:
@@ -154,7 +166,9 @@ def plain_line(event: str, state: _Stage, now: float) -> str:
 def json_record(event: str, state: _Stage, now: float, wall: float) -> dict:
     """The JSON object of one event (``--log-json``): stage, counts, elapsed and ETA seconds."""
     return {
-        "time": round(wall, 3), "event": event, "stage": state.name, "done": state.done,
+        "time": round(wall, 3), "event": event, "stage": stage_key(state.name),
+        **({"detail": state.name.split(DETAIL, 1)[1]} if DETAIL in state.name else {}),
+        "done": state.done,
         "total": state.total or None, "elapsed_s": round(now - state.started, 3),
         "eta_s": None if (eta := state.eta_s(now)) is None else round(eta, 3),
     }
@@ -192,9 +206,10 @@ def _rich_bars(stream: IO[str]) -> Iterator[Progress]:
     tasks: dict[str, int] = {}
     with bars:
         def update(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bars.add_task(stage, total=total or None)
-            bars.update(tasks[stage], completed=done, total=total or None)
+            key = stage_key(stage)
+            if key not in tasks:
+                tasks[key] = bars.add_task(stage, total=total or None)
+            bars.update(tasks[key], completed=done, total=total or None, description=stage)
         yield update
 
 

@@ -57,3 +57,24 @@ def check_exact(
             "this is a bug in onnxprune, please report it"
         )
     return worst
+
+
+def graph_without_values(model: onnx.ModelProto) -> bytes:
+    """``model`` serialized with every initializer's values dropped (names, types, shapes kept)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for init in copy.graph.initializer:
+        for field_name in ("float_data", "int32_data", "int64_data", "double_data",
+                           "uint64_data", "string_data"):
+            init.ClearField(field_name)
+        init.ClearField("raw_data")
+    return copy.SerializeToString(deterministic=True)
+
+
+def require_same_graph(reference: onnx.ModelProto, tuned: onnx.ModelProto) -> None:
+    """Raise unless ``tuned`` equals ``reference`` except for initializer values: global
+    recovery may change numbers only, never the graph a user deploys."""
+    if graph_without_values(reference) != graph_without_values(tuned):
+        raise MaterializationMismatchError(
+            "the recovered model's graph differs from the one-shot model's (only initializer "
+            "values may change)")

@@ -9,37 +9,63 @@ own part of the calibration data, and the search minimises the bound's own loss
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
+import onnx
 
 from onnxprune.calib import CalibSet
-from onnxprune.fidelity import Fidelity, Metric, Scorer, compare
+from onnxprune.fidelity import Fidelity, Metric, compare
 from onnxprune.fidelity.channels import probability_outputs
 from onnxprune.fidelity.measure import score_metric
 from onnxprune.reconstruct.collect import padding_masks
 from onnxprune.reconstruct.stitch import StitchedRunner
+from onnxprune.runtime import make_session
 
 
-def fidelity_scorer(runner: StitchedRunner, data: CalibSet, metric: Metric | None = None
-                    ) -> Scorer:
-    """Fidelity of replacement weights on ``data``.
+class FidelityScorer:
+    """Fidelity on ``data``: of replacement weights (``scorer(weights)``, through the stitched
+    model) or of a whole model (``scorer.of_model(model)``, e.g. one whose every weight was
+    tuned by global recovery).
 
     The dense outputs, and the metric's dense score, are computed once, here: a metric that
     cannot score this model fails now, before any long work.
     """
-    dense_outputs = [runner.run(feed) for feed in data.batches]
-    probabilities = probability_outputs(runner.model.graph)
-    masks = [padding_masks(feed) for feed in data.batches]
-    dense_score = None if metric is None else score_metric(
-        metric, list(zip(dense_outputs, dense_outputs, data.labels, strict=True))).dense
 
-    def score(weights: Mapping[str, np.ndarray]) -> Fidelity:
+    def __init__(self, runner: StitchedRunner, data: CalibSet, metric: Metric | None = None
+                 ) -> None:
+        self.runner, self.data, self.metric = runner, data, metric
+        self.dense_outputs = [runner.run(feed) for feed in data.batches]
+        self.probabilities = probability_outputs(runner.model.graph)
+        self.masks = [padding_masks(feed) for feed in data.batches]
+        self.dense_score = None if metric is None else score_metric(
+            metric, list(zip(self.dense_outputs, self.dense_outputs, data.labels,
+                             strict=True))).dense
+
+    def __call__(self, weights: Mapping[str, np.ndarray]) -> Fidelity:
+        return self._compare(lambda feed: self.runner.run(feed, weights))
+
+    def of_model(self, model: onnx.ModelProto) -> Fidelity:
+        session = make_session(model, self.runner.runtime)
+        names = self.runner.model_outputs
+
+        def run(feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return dict(zip(names, session.run(names, dict(feed)), strict=True))
+
+        return self._compare(run)
+
+    def _compare(self, run: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+                 ) -> Fidelity:
+        data = self.data
         return compare(
-            ((runner.run(feed, weights), dense, labels, mask)
-             for feed, dense, labels, mask in zip(data.batches, dense_outputs, data.labels, masks,
-                                                  strict=True)),
-            metric, dense_score, probabilities,
+            ((run(feed), dense, labels, mask)
+             for feed, dense, labels, mask in zip(data.batches, self.dense_outputs, data.labels,
+                                                  self.masks, strict=True)),
+            self.metric, self.dense_score, self.probabilities,
         )
 
-    return score
+
+def fidelity_scorer(runner: StitchedRunner, data: CalibSet, metric: Metric | None = None
+                    ) -> FidelityScorer:
+    """Fidelity of replacement weights (or of a model) on ``data``; see :class:`FidelityScorer`."""
+    return FidelityScorer(runner, data, metric)

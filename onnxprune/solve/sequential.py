@@ -5,19 +5,29 @@ what the allocator needs to compare layers fairly. Once the allocation is fixed,
 sequential mode gives a better final model: walk the candidates in graph order, collect each
 layer's Hessian from the model whose earlier layers are already pruned, and solve the chosen option
 again on those inputs, so each layer compensates for the error upstream of it.
+
+With ``feedback`` (Kwon et al. 2022's error feedback) the solve also targets the *dense* model's
+output of the layer, not the layer's own output on the pruned input: ``min ‖Ŵ·X_p − W·X_d‖²``
+(plus ``λ‖Ŵ − W‖²``, the usual 1% dampening, pulling weakly excited directions back to W rather
+than to zero). Its minimiser without a mask is ``W* = (W·C + λW)·(H_p + λI)⁻¹`` with the cross
+moment ``C = X_dᵀX_p``, and ``‖Ŵ·X_p − W·X_d‖² = ‖(Ŵ − W*)·X_p‖² + const``, so OBS solved on W*
+and H_p gives the masked solution of the same problem: the layer absorbs the error upstream.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import onnx
+import scipy.linalg
 
 from onnxprune.calib import CalibSet
 from onnxprune.graph.candidates import Candidate
-from onnxprune.layouts.base import PrunedWeight
-from onnxprune.reconstruct.collect import collect_hessians
+from onnxprune.layouts.base import PrunedWeight, from_rows, to_rows
+from onnxprune.reconstruct.collect import collect_hessians, padding_masks, reduction_rows
 from onnxprune.reconstruct.stitch import StitchedRunner
 from onnxprune.solve.database import make_solver, solve_options
 
@@ -37,6 +47,7 @@ def sequential_resolve(
     chosen: Mapping[str, PrunedWeight],
     calib: CalibSet,
     progress: Callable[[str], None] | None = None,
+    feedback: bool = False,
 ) -> dict[str, PrunedWeight]:
     """Re-solve every non-dense chosen option on the activations of the partly pruned model.
 
@@ -48,6 +59,7 @@ def sequential_resolve(
         chosen: the allocation to re-solve, by candidate name.
         calib: the calibration batches the statistics are collected on.
         progress: called with each candidate's name once it is done.
+        feedback: target the dense model's output of each layer (module docstring).
 
     Returns:
         The new solutions by candidate name (dense choices are passed through).
@@ -57,11 +69,58 @@ def sequential_resolve(
     for cand in graph_order(model, candidates):
         current = chosen[cand.name]
         if current.option.layout != "dense":
-            hessians = collect_hessians(runner, [cand], calib, weights=pruned_weights)
-            solver = make_solver(cand, hessians[cand.name].H)
-            (current,) = solve_options(cand, solver, [current.option])
+            if feedback and pruned_weights:
+                H, target = feedback_problem(runner, cand, calib, pruned_weights)
+                cand_star = dataclasses.replace(cand, weight=target)
+                (current,) = solve_options(cand_star, make_solver(cand_star, H),
+                                           [current.option])
+            else:
+                hessians = collect_hessians(runner, [cand], calib, weights=pruned_weights)
+                solver = make_solver(cand, hessians[cand.name].H)
+                (current,) = solve_options(cand, solver, [current.option])
             result[cand.name] = current
             pruned_weights[cand.name] = current.weight
         if progress:
             progress(cand.name)
     return result
+
+
+FEEDBACK_DAMP = 0.01
+"""λ of the error-feedback solve, relative to the mean diagonal of H_p (OBS's dampening)."""
+
+
+def feedback_problem(runner: StitchedRunner, cand: Candidate, calib: CalibSet,
+                     pruned_weights: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(H_p, W*): the pruned-input Hessian and the canonical weight whose OBS solve on H_p
+    minimises ``‖Ŵ·X_p − W·X_d‖² + λ‖Ŵ − W‖²`` (module docstring).
+
+    Both moments are accumulated in float64 over the same rows of the same batches, in the
+    ``(2/n)·Σ`` scale of :class:`~onnxprune.reconstruct.hessian.HessianAccumulator`.
+    """
+    k = cand.reduction_dim
+    H = np.zeros((k, k))
+    C = np.zeros((k, k))  # (2/n)·Σ x_dᵀ x_p
+    rows_seen = 0
+    names = list(dict.fromkeys(site.activation for site in cand.sites))
+    for feed in calib.batches:
+        pruned = runner.run(feed, pruned_weights, outputs=names)
+        dense = runner.run(feed, None, outputs=names)
+        masks = padding_masks(feed)
+        for site in cand.sites:
+            xp, xd = pruned[site.activation], dense[site.activation]
+            mask = masks.get(tuple(xp.shape[:2])) if xp.ndim == 3 else None
+            if mask is not None and cand.op != "Conv":
+                xp, xd = xp[mask], xd[mask]
+            rp = reduction_rows(cand, xp).astype(np.float64)
+            rd = reduction_rows(cand, xd).astype(np.float64)
+            H += rp.T @ rp
+            C += rd.T @ rp
+            rows_seen += rp.shape[0]
+    scale = 2.0 / max(rows_seen, 1)
+    H *= scale
+    C *= scale
+    W = to_rows(cand, cand.weight).astype(np.float64)  # [N, K]
+    damp = FEEDBACK_DAMP * max(float(np.mean(np.diag(H))), 1e-12)
+    rhs = C.T @ W.T + damp * W.T  # (W·C + λW)ᵀ
+    target_t = scipy.linalg.solve(H + damp * np.eye(k), rhs, assume_a="pos")
+    return H, from_rows(cand, target_t.T.astype(np.float32))
