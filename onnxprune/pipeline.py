@@ -394,6 +394,11 @@ def _recovery_stage(config: PruneConfig, graph: Analysed, data: Calibrated,
     """Global recovery, when it is on, calibration data is given and torch is installed."""
     if not config.recover or data.runner is None or data.fit is None or data.search is None:
         return None
+    if config.save_plan is not None:
+        if report is not None:
+            report.notes.append("global recovery off: --save-plan promises a byte-identical "
+                                "replay, and recovery is time-budgeted (not reproducible)")
+        return None
     if not torch_available():
         if report is not None:
             report.notes.append(f"global recovery not available: torch is not installed; "

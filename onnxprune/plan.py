@@ -34,8 +34,8 @@ PLAN_FORMAT = 1
 
 # The PruneConfig fields that decide the candidates, their structures and their reconstruction.
 _CONFIG_FIELDS = ("speedup", "sparsity", "nm", "layouts", "levels", "provider", "threads",
-                  "shapes", "calib_samples", "exclude", "seed", "sequential", "sparse_storage",
-                  "overrides", "fix")
+                  "shapes", "calib_samples", "exclude", "seed", "sequential", "error_feedback",
+                  "sparse_storage", "overrides", "fix")
 
 
 def _hash_file(digest, path: Path) -> None:

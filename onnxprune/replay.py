@@ -11,6 +11,7 @@ that picks different masks is reported as the internal error it would be.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -74,7 +75,8 @@ def apply_plan(input_path: str | Path, output_path: str | Path, plan_path: str |
     options = {name: [choice.option] for name, choice in plan.choices.items()}
     database = _solve(graph, data, options, report, progress)
     chosen = {name: solutions[0] for name, solutions in database.items()}
-    realizer = _realizer(config, graph, data, progress)
+    # A plan is made with global recovery off (time-budgeted, so not reproducible).
+    realizer = _realizer(dataclasses.replace(config, recover=False), graph, data, progress)
     attempt = realizer.realize(chosen)
     for name, solution in attempt.chosen.items():
         if mask_digest(solution.mask) != plan.choices[name].mask_sha256:

@@ -26,7 +26,8 @@ from onnxprune.graph.fold import apply_fixes
 from onnxprune.pipeline import prune
 from tests.graph import subgraph_models as sm
 
-QUICK = {"verify_sessions": 1, "verify_seconds": 0.3}
+# recover=False: these tests check the rewrite against an independently built masked-dense model.
+QUICK = {"verify_sessions": 1, "verify_seconds": 0.3, "recover": False}
 
 
 @pytest.fixture
