@@ -49,8 +49,7 @@ from onnxprune.layouts.registry import (
 )
 from onnxprune.reconstruct.collect import collect_hessians, poorly_conditioned
 from onnxprune.reconstruct.stitch import StitchedRunner
-from onnxprune.recover.stage import RecoveryStage
-from onnxprune.recover.tune import INSTALL_HINT, torch_available
+from onnxprune.recover.stage import note_recovery, recovery_stage
 from onnxprune.runtime import RuntimeConfig, resolve_provider, synthetic_feed
 from onnxprune.solve.database import build_database
 from onnxprune.structures.context import discover_and_attach, layouts_for
@@ -384,28 +383,10 @@ def _realizer(config: PruneConfig, graph: Analysed, data: Calibrated,
         config, graph.model, graph.dense_payload, graph.candidates, graph.runtime, data.feeds,
         _configured_layouts(config), runner=data.runner, fit=data.fit,
         verify_scorer=data.verify_scorer, progress=progress, precision=graph.precision,
-        timing=timing, recovery=_recovery_stage(config, graph, data, report),
+        timing=timing,
+        recovery=recovery_stage(config, data.runner, data.fit, data.search, report),
         bound_measure=data.measure,
     )
-
-
-def _recovery_stage(config: PruneConfig, graph: Analysed, data: Calibrated,
-                    report: Report | None) -> RecoveryStage | None:
-    """Global recovery, when it is on, calibration data is given and torch is installed."""
-    if not config.recover or data.runner is None or data.fit is None or data.search is None:
-        return None
-    if config.save_plan is not None:
-        if report is not None:
-            report.notes.append("global recovery off: --save-plan promises a byte-identical "
-                                "replay, and recovery is time-budgeted (not reproducible)")
-        return None
-    if not torch_available():
-        if report is not None:
-            report.notes.append(f"global recovery not available: torch is not installed; "
-                                f"{INSTALL_HINT}, or pass --no-recover to silence this")
-        return None
-    return RecoveryStage(data.runner, data.fit, data.search, config.recover_seconds,
-                         config.threads, config.seed)
 
 
 def _analyse(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[Analysed, Report]:
@@ -715,19 +696,6 @@ def _fill_layers(report: Report, candidates: Sequence[Candidate],
         ))
 
 
-def _note_recovery(report: Report, attempt: Attempt) -> None:
-    """The report's record and one line on what global recovery did to the written model."""
-    report.recovery = attempt.recovery
-    if attempt.recovery is None:
-        return
-    line = attempt.recovery["note"]
-    if attempt.recovery.get("kept") and attempt.oneshot_fidelity is not None \
-            and attempt.fidelity is not None:
-        line += (f"; on held-out samples: {describe(attempt.oneshot_fidelity)} (one-shot) -> "
-                 f"{describe(attempt.fidelity)}")
-    report.notes.append(line)
-
-
 def _finish(attempt: Attempt, report: Report, realizer: Realizer, calib: CalibSet | None,
             out_path: Path, started: float, problem: AllocationProblem | None = None) -> Report:
     """Check exactness against masked-dense, then write atomically and complete the report."""
@@ -749,7 +717,7 @@ def _finish(attempt: Attempt, report: Report, realizer: Realizer, calib: CalibSe
         require_same_graph(checked, attempt.pruned)
     report.exactness = check_exact(checked, reference, attempt.weights, check_feed,
                                    **({"rtol": LOW_PRECISION_RTOL} if realizer.precision else {}))
-    _note_recovery(report, attempt)
+    note_recovery(report, attempt)
     report.fidelity = attempt.fidelity
     if report.bound is not None and attempt.fidelity is not None:
         report.within_bound = report.bound.holds(attempt.fidelity)

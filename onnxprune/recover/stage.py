@@ -11,13 +11,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import onnx
 
 from onnxprune.calib import CalibSet
+from onnxprune.config import PruneConfig
+from onnxprune.fidelity import describe
 from onnxprune.fidelity.channels import probability_outputs
 from onnxprune.reconstruct.stitch import StitchedRunner
-from onnxprune.recover.tune import Recovery, Targets, recover_globally
+from onnxprune.recover.tune import (
+    INSTALL_HINT,
+    Recovery,
+    Targets,
+    recover_globally,
+    torch_available,
+)
+
+if TYPE_CHECKING:
+    from onnxprune.attempt import Attempt
 
 logger = logging.getLogger("onnxprune")
 
@@ -72,3 +84,36 @@ class RecoveryStage:
             progress(stage, int(seconds), int(seconds))
         logger.info(result.note)
         return result
+
+
+def recovery_stage(config: PruneConfig, runner: StitchedRunner | None, fit: CalibSet | None,
+                   held_out: CalibSet | None, report=None) -> RecoveryStage | None:
+    """The run's recovery stage, when it is on, calibration data is given and torch is
+    installed; otherwise None, with a line in ``report.notes`` saying why when it matters."""
+    if not config.recover or runner is None or fit is None or held_out is None:
+        return None
+    if config.save_plan is not None:
+        if report is not None:
+            report.notes.append("global recovery off: --save-plan promises a byte-identical "
+                                "replay, and recovery is time-budgeted (not reproducible)")
+        return None
+    if not torch_available():
+        if report is not None:
+            report.notes.append(f"global recovery not available: torch is not installed; "
+                                f"{INSTALL_HINT}, or pass --no-recover to silence this")
+        return None
+    return RecoveryStage(runner, fit, held_out, config.recover_seconds, config.threads,
+                         config.seed)
+
+
+def note_recovery(report, attempt: Attempt) -> None:
+    """The report's record, and one line, of what global recovery did to the written model."""
+    report.recovery = attempt.recovery
+    if attempt.recovery is None:
+        return
+    line = attempt.recovery["note"]
+    if attempt.recovery.get("kept") and attempt.oneshot_fidelity is not None \
+            and attempt.fidelity is not None:
+        line += (f"; on held-out samples: {describe(attempt.oneshot_fidelity)} (one-shot) -> "
+                 f"{describe(attempt.fidelity)}")
+    report.notes.append(line)

@@ -87,9 +87,9 @@ def test_the_pipeline_keeps_the_recovered_model_only_when_verify_data_says_bette
 
 
 def test_a_run_without_torch_says_recovery_was_not_available(tmp_path, monkeypatch):
-    import onnxprune.pipeline as pipeline
+    import onnxprune.recover.stage as stage
 
-    monkeypatch.setattr(pipeline, "torch_available", lambda: False)
+    monkeypatch.setattr(stage, "torch_available", lambda: False)
     _, report = _uniform(tmp_path, "no-torch", recover=True)
     assert report.written and report.recovery is None
     assert any("global recovery not available" in n and "onnxprune[recover]" in n
