@@ -119,6 +119,7 @@ bench-models: $(BENCH_STAMP)  ## build the real and generated benchmark models i
 	$(BIN)/python models/build_benchmarks.py
 	$(BIN)/python models/build_detector.py
 	$(BIN)/python models/build_scorer.py
+	$(BIN)/python models/build_effnet_imagenet.py
 	$(BIN)/python benchmarks/generated_models.py
 
 clean:

@@ -39,8 +39,10 @@ CHANNEL_FLOOR = 0.1
 """A channel's spread is at least this share of its RMS (as in the channel error)."""
 EVALUATE_EVERY = 8
 """Steps between looks at the held-out loss (early stopping)."""
-PATIENCE = 12
-"""Looks without a better held-out loss after which tuning stops (it has started to overfit)."""
+PATIENCE = 6
+"""Looks without a better held-out loss after which tuning stops. Each such look also restores
+the best state and halves the step: on MiniLM-L6 pruned lightly (held-out loss 0.062) the first
+8 steps at the full step made it worse, and without the back-off no later state was better."""
 
 INSTALL_HINT = 'pip install "onnxprune[recover]" (torch, CPU build)'
 
@@ -171,7 +173,7 @@ def recover_globally(
     order: list[int] = []
     steps = 0
     budget_start = time.monotonic()
-    stale = 0
+    stale, scale = 0, 1.0
     while time.monotonic() - budget_start < seconds and stale < PATIENCE \
             and (max_steps is None or steps < max_steps):
         if not order:
@@ -179,7 +181,7 @@ def recover_globally(
         index = order.pop()
         fraction = (time.monotonic() - budget_start) / max(seconds, 1e-9)
         for group, lr in zip(optimizer.param_groups, base_lr, strict=True):
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0)))
+            group["lr"] = scale * lr * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0)))
         optimizer.zero_grad(set_to_none=True)
         loss = loss_of(fit_feeds[index], fit_targets[index])
         if not torch.isfinite(loss):
@@ -190,10 +192,15 @@ def recover_globally(
         steps += 1
         if steps % EVALUATE_EVERY == 0:
             current = held_loss()
-            stale += 1
             if current < best_loss:
                 best_loss, stale = current, 0
                 best = {k: p.detach().clone() for k, p in graph.params.items()}
+            else:  # overshot: back to the best state, at half the step
+                stale += 1
+                scale *= 0.5
+                with torch.no_grad():
+                    for key, value in best.items():
+                        graph.params[key].copy_(value)
             if progress:
                 progress(time.monotonic() - budget_start, best_loss)
     if steps % EVALUATE_EVERY:
