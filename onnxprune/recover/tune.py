@@ -125,7 +125,12 @@ def recover_globally(
     except ImportError:
         return Recovery(None, f"global recovery not available: torch is not installed; "
                               f"{INSTALL_HINT}")
-    from onnxprune.recover.graph import TorchGraph, to_torch_feed, unsupported_ops
+    from onnxprune.recover.graph import (
+        TorchGraph,
+        to_torch_feed,
+        unsupported_ops,
+        with_initializers,
+    )
 
     missing = unsupported_ops(pruned)
     if missing:
@@ -159,6 +164,14 @@ def recover_globally(
             return float(np.mean([float(loss_of(f, t)) for f, t in
                                   zip(held_feeds, held_targets, strict=True)]))
 
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {k: p.detach().clone() for k, p in graph.params.items()}
+
+    def restore(state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for key, value in state.items():
+                graph.params[key].copy_(value)
+
     groups = []
     for name, key in graph.param_names.items():
         value = graph.params[key].detach()
@@ -168,7 +181,7 @@ def recover_globally(
     base_lr = [g["lr"] for g in groups]
     optimizer = torch.optim.Adam(groups)
     best_loss = before = held_loss()
-    best = {k: p.detach().clone() for k, p in graph.params.items()}
+    best = snapshot()
     rng = np.random.default_rng(seed)
     order: list[int] = []
     steps = 0
@@ -193,25 +206,17 @@ def recover_globally(
         if steps % EVALUATE_EVERY == 0:
             current = held_loss()
             if current < best_loss:
-                best_loss, stale = current, 0
-                best = {k: p.detach().clone() for k, p in graph.params.items()}
+                best_loss, best, stale = current, snapshot(), 0
             else:  # overshot: back to the best state, at half the step
-                stale += 1
-                scale *= 0.5
-                with torch.no_grad():
-                    for key, value in best.items():
-                        graph.params[key].copy_(value)
+                stale, scale = stale + 1, scale * 0.5
+                restore(best)
             if progress:
                 progress(time.monotonic() - budget_start, best_loss)
     if steps % EVALUATE_EVERY:
         current = held_loss()
         if current < best_loss:
-            best_loss, best = current, {k: p.detach().clone() for k, p in graph.params.items()}
-    with torch.no_grad():
-        for key, value in best.items():
-            graph.params[key].copy_(value)
-    from onnxprune.recover.graph import with_initializers
-
+            best_loss, best = current, snapshot()
+    restore(best)
     tuned = with_initializers(pruned, graph.tuned_values())
     exactness = _against_runtime(graph, tuned, fit.batches[0], torch)
     wall = time.monotonic() - started
