@@ -30,8 +30,8 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxprune import PruneConfig
-from onnxprune.errors import TargetUnreachableError
-from onnxprune.pipeline import prune
+from onnxprune.common.errors import TargetUnreachableError
+from onnxprune.pipeline.prune import prune
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / ".cache" / "bench"

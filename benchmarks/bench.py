@@ -41,7 +41,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from onnxprune.config import DEFAULT_MAX_CHANNEL_ERROR, DEFAULT_MAX_ERROR
+from onnxprune.config.settings import DEFAULT_MAX_CHANNEL_ERROR, DEFAULT_MAX_ERROR
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))

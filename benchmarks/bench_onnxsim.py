@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.calib import load_calib_dir
+from onnxprune.calib.dataset import load_calib_dir
 
 METHODS = ("magnitude", "wanda", "wanda+ridge")
 

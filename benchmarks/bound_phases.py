@@ -25,6 +25,7 @@ import numpy as np
 def all_fastest(model_path: str, shapes: list[str], threads: int, cache_dir: Path):
     """(dense model, all-fastest model, feed) as ``onnxprune profile`` would measure them."""
     from onnxprune.allocate.budget import problem_from_table
+    from onnxprune.common.runtime import RuntimeConfig, synthetic_feed
     from onnxprune.graph.candidates import find_candidates
     from onnxprune.graph.load import load_model
     from onnxprune.graph.prepare import prepare_model
@@ -32,7 +33,6 @@ def all_fastest(model_path: str, shapes: list[str], threads: int, cache_dir: Pat
     from onnxprune.latency.anchor import model_with_options
     from onnxprune.latency.table import build_latency_table
     from onnxprune.layouts.registry import candidate_options, layouts_fast_on
-    from onnxprune.runtime import RuntimeConfig, synthetic_feed
     from onnxprune.structures.context import discover_and_attach, layouts_for
 
     model = prepare_model(load_model(model_path), None).model

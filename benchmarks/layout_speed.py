@@ -30,6 +30,7 @@ from onnxprune.layouts.block import Block
 from onnxprune.layouts.channel import Channel
 from onnxprune.layouts.isolate import dense_isolated_model, isolated_model
 from onnxprune.layouts.nm import NM
+from onnxprune.layouts.registry import option_label
 from onnxprune.layouts.unstructured import Unstructured
 
 
@@ -181,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             other = session(isolated_model(candidate, option), args.threads, not args.no_spin)
             a, b, ratio = compare(dense, other, feed, args.rounds)
             print(
-                f"| {case.label} | {option.label} | {a * 1e3:.2f} | {b * 1e3:.2f} | {ratio:.2f}x |",
+                f"| {case.label} | {option_label(option)} | {a * 1e3:.2f} | {b * 1e3:.2f} "
+                f"| {ratio:.2f}x |",
                 flush=True,
             )
     print(f"\n# took {time.perf_counter() - started:.0f} s, load {os.getloadavg()[0]:.2f}")

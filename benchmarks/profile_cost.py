@@ -22,12 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from onnxprune.common.runtime import RuntimeConfig, resolve_provider  # noqa: E402
 from onnxprune.graph.candidates import ensure_node_names, find_candidates  # noqa: E402
 from onnxprune.graph.load import load_model  # noqa: E402
 from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs  # noqa: E402
 from onnxprune.latency.table import build_latency_table  # noqa: E402
-from onnxprune.layouts.registry import candidate_options, layouts_fast_on  # noqa: E402
-from onnxprune.runtime import RuntimeConfig, resolve_provider  # noqa: E402
+from onnxprune.layouts.registry import candidate_options, layouts_fast_on, option_label  # noqa: E402
 
 
 def _options(analysis, provider: str, layouts: list[str] | None):
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{cold.gap_s * 1e3:>+8.3f} {cold.scale:>6.2f} {cold.amdahl_bound():>6.2f}x"
         )
         for candidate, option, reason in cold.dropped:
-            print(f"    dropped {candidate} {option.label}: {reason}")
+            print(f"    dropped {candidate} {option_label(option)}: {reason}")
     return 0
 
 

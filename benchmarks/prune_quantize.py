@@ -42,10 +42,10 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from onnxprune.calib import CalibSet, load_calib_dir
+from onnxprune.calib.dataset import CalibSet, load_calib_dir
+from onnxprune.common.runtime import RuntimeConfig, resolve_provider, synthetic_feed
 from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs
 from onnxprune.latency.measure import bench_sessions
-from onnxprune.runtime import RuntimeConfig, resolve_provider, synthetic_feed
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / ".cache" / "bench"

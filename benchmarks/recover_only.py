@@ -19,10 +19,10 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from onnxprune.calib import load_calib_dir
+from onnxprune.calib.collect import padding_masks
+from onnxprune.calib.dataset import load_calib_dir
 from onnxprune.fidelity import compare
 from onnxprune.fidelity.channels import probability_outputs
-from onnxprune.reconstruct.collect import padding_masks
 from onnxprune.recover.tune import Targets, recover_globally
 
 

@@ -26,9 +26,9 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from onnxprune.common.runtime import RuntimeConfig, session_options, synthetic_feed  # noqa: E402
 from onnxprune.graph.load import load_model, stamp_ir_version  # noqa: E402
 from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs  # noqa: E402
-from onnxprune.runtime import RuntimeConfig, session_options, synthetic_feed  # noqa: E402
 
 VARIANTS = ("default", "spin", "t1", "noarena", "nopattern", "extended", "daz")
 

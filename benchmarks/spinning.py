@@ -17,10 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from onnxprune.common.runtime import RuntimeConfig, synthetic_feed  # noqa: E402
 from onnxprune.graph.load import load_model, stamp_ir_version  # noqa: E402
 from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs  # noqa: E402
 from onnxprune.latency.measure import bench_pair  # noqa: E402
-from onnxprune.runtime import RuntimeConfig, synthetic_feed  # noqa: E402
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ modules are imported inside these functions, so ``import onnxprune`` stays light
 """
 
 from onnxprune.api import PlanEntry, ProfileResult, PruneResult, profile, prune
-from onnxprune.config import NodeOverride, PruneConfig
-from onnxprune.errors import OnnxPruneError, TargetUnreachableError, UserError
+from onnxprune.common.errors import OnnxPruneError, TargetUnreachableError, UserError
+from onnxprune.config.settings import NodeOverride, PruneConfig
 
 __all__ = ["NodeOverride", "OnnxPruneError", "PlanEntry", "ProfileResult", "PruneConfig",
            "PruneResult", "TargetUnreachableError", "UserError", "profile", "prune"]

@@ -20,16 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxprune.config import NodeOverride, PruneConfig
-from onnxprune.errors import TargetUnreachableError, UserError
+from onnxprune.common.errors import TargetUnreachableError, UserError
+from onnxprune.config.settings import NodeOverride, PruneConfig
 
 if TYPE_CHECKING:
     import onnx
 
-    from onnxprune.calib import CalibrationReader
+    from onnxprune.calib.dataset import CalibrationReader
+    from onnxprune.common.progress import Progress
     from onnxprune.fidelity import Fidelity
-    from onnxprune.pipeline import Report
-    from onnxprune.progress import Progress
+    from onnxprune.pipeline.prune import Report
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruneConfig)
              if f.default is not dataclasses.MISSING}
@@ -192,8 +192,8 @@ def prune(
         threads: intra-op threads for timing (None: ORT's default).
         shapes: deployment input shapes, ``{"input": (8, 128)}`` or ``["input=8x128"]``.
         exclude: regex of node names never pruned.
-        node_overrides: per-node rules (:class:`~onnxprune.config.NodeOverride`, or dicts with
-            ``match``, ``exclude``, ``layouts``, ``structure_kinds``, ``max_level``).
+        node_overrides: per-node rules (:class:`~onnxprune.config.settings.NodeOverride`, or
+            dicts with ``match``, ``exclude``, ``layouts``, ``structure_kinds``, ``max_level``).
         seed: seed of every random choice.
         search_budget: seconds of SPDY's sensitivity search, or ``"200e"`` for evaluations.
         search_evaluations: cap on the allocations the search scores.
@@ -236,7 +236,7 @@ def prune(
         TargetUnreachableError: the target cannot be met within the fidelity bound (exit code
             3); its ``report`` says why and what was reachable. Nothing is written.
     """
-    from onnxprune.config import parse_nm, parse_search_budget
+    from onnxprune.config.settings import parse_nm, parse_search_budget
     from onnxprune.graph.shapes import parse_shape_specs
 
     if calibration_data_reader is not None and (calib_dir is not None or calib_reader):
@@ -276,8 +276,8 @@ def prune_with_config(
     progress: bool | Progress = False,
 ) -> PruneResult:
     """:func:`prune` with the options already in a :class:`PruneConfig`."""
-    from onnxprune.calib import read_calib_reader
-    from onnxprune.pipeline import prune as run_pipeline
+    from onnxprune.calib.dataset import read_calib_reader
+    from onnxprune.pipeline.prune import prune as run_pipeline
 
     calibration = (read_calib_reader(calibration_data_reader, config.calib_samples)
                    if calibration_data_reader is not None else None)
@@ -327,7 +327,7 @@ def _shapes(shapes, parse_specs) -> dict[str, tuple[int, ...]]:
 def _override(rule: NodeOverride | Mapping[str, Any], index: int) -> NodeOverride:
     if isinstance(rule, NodeOverride):
         return rule
-    from onnxprune.settings_file import node_override
+    from onnxprune.config.file import node_override
 
     return node_override(rule, f"node_overrides[{index - 1}]")
 
@@ -349,7 +349,7 @@ def _input_path(model_input, scratch: Path) -> Path:
 @contextlib.contextmanager
 def _progress(progress: bool | Progress) -> Iterator[Progress | None]:
     if progress is True:
-        from onnxprune.progress import progress_reporter
+        from onnxprune.common.progress import progress_reporter
 
         with progress_reporter() as callback:
             yield callback
@@ -360,6 +360,8 @@ def _progress(progress: bool | Progress) -> Iterator[Progress | None]:
 
 
 def _result(report: Report, output_path: Path | None, model) -> PruneResult:
+    from onnxprune.layouts.registry import option_label
+
     measured = report.measured
     fidelity = report.fidelity
     return PruneResult(
@@ -374,7 +376,7 @@ def _result(report: Report, output_path: Path | None, model) -> PruneResult:
         within_bound=report.within_bound,
         plan=tuple(PlanEntry(
             name=layer.name, op=layer.op, nodes=tuple(layer.nodes), layout=layer.option.layout,
-            level=layer.option.level, label=layer.option.label, error=layer.err,
+            level=layer.option.level, label=option_label(layer.option), error=layer.err,
             time_dense_s=layer.time_dense_s, time_after_s=layer.time_after_s,
             weights_before=layer.weights_before, weights_after=layer.weights_after,
         ) for layer in report.layers),
@@ -464,6 +466,7 @@ def profile(
     import onnx
 
     from onnxprune.allocate.budget import problem_from_table
+    from onnxprune.common.runtime import RuntimeConfig, resolve_provider, synthetic_feed
     from onnxprune.graph.candidates import find_candidates
     from onnxprune.graph.load import load_model
     from onnxprune.graph.prepare import prepare_model
@@ -471,8 +474,12 @@ def profile(
     from onnxprune.latency.anchor import BOUND_MAX_ROUNDS, bound_cache
     from onnxprune.latency.table import build_latency_table
     from onnxprune.layouts.base import DENSE
-    from onnxprune.layouts.registry import candidate_options, get_layout, layouts_fast_on
-    from onnxprune.runtime import RuntimeConfig, resolve_provider, synthetic_feed
+    from onnxprune.layouts.registry import (
+        candidate_options,
+        get_layout,
+        layouts_fast_on,
+        option_label,
+    )
     from onnxprune.structures.context import discover_and_attach, layouts_for
 
     if not bound_seconds > 0:
@@ -510,7 +517,7 @@ def profile(
     fastest = problem.fastest_options()
     rows = [
         {"name": c.name, "op": c.op, "dense_s": table.option_time(c.name, DENSE),
-         "fastest": fastest[c.name].label,
+         "fastest": option_label(fastest[c.name]),
          "fastest_s": problem.option_time(c.name, fastest[c.name]),
          "structure": c.structure.structure.to_json() if c.structure else None,
          "role": ("consumer" if c.structure else "producer" if c.name in producers else "node")}

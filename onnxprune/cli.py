@@ -15,10 +15,14 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from onnxprune.config import DEFAULT_MAX_CHANNEL_ERROR, DEFAULT_MAX_ERROR, DEFAULT_MAX_METRIC_DROP
-from onnxprune.errors import OnnxPruneError, UserError
+from onnxprune.common.errors import OnnxPruneError, UserError
+from onnxprune.config.file import config_file_options, format_settings, node_overrides
+from onnxprune.config.settings import (
+    DEFAULT_MAX_CHANNEL_ERROR,
+    DEFAULT_MAX_ERROR,
+    DEFAULT_MAX_METRIC_DROP,
+)
 from onnxprune.layouts.registry import LAYOUTS
-from onnxprune.settings_file import config_file_options, format_settings, node_overrides
 
 LAYOUT_NAMES = tuple(LAYOUTS)
 
@@ -114,11 +118,11 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     """List the prunable nodes of MODEL (by MACs), the channel structures found (channel chains,
     FFN neurons, attention heads), and every skipped node or structure-less producer with its
     reason."""
+    from onnxprune.common.runtime import resolve_provider
     from onnxprune.graph.candidates import find_candidates
     from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs
     from onnxprune.report.inspect import analysis_to_json, render_inspect
     from onnxprune.report.jsonio import write_json
-    from onnxprune.runtime import resolve_provider
 
     resolve_provider(provider)  # a typo in --provider is an error everywhere, even here
     requested = parse_shape_specs(shapes)

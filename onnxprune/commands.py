@@ -11,15 +11,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from onnxprune.config import NodeOverride
-from onnxprune.errors import TargetUnreachableError, UserError
+from onnxprune.common.errors import TargetUnreachableError, UserError
+from onnxprune.config.settings import NodeOverride
 from onnxprune.graph.shapes import parse_shape_specs
 
 
 def progress_bars(quiet: bool, log_json: Path | None = None):
-    """The run's progress callback (see :mod:`onnxprune.progress`): bars on a terminal, plain
+    """The run's progress callback (see :mod:`onnxprune.common.progress`): bars on a terminal, plain
     lines with an ETA otherwise, nothing with ``quiet``; JSON lines to ``log_json``."""
-    from onnxprune.progress import progress_reporter
+    from onnxprune.common.progress import progress_reporter
 
     return progress_reporter(quiet=quiet, log_json=log_json)
 
@@ -89,7 +89,7 @@ def _write_prune_html(data: dict, path: str) -> None:
 
 def run_apply(input_path: str, output_path: str, *, plan_path: Path, calib_dir, calib_reader,
               json_path, quiet, console: Console) -> int:
-    from onnxprune.replay import apply_plan
+    from onnxprune.pipeline.replay import apply_plan
     from onnxprune.report.jsonio import write_json
     from onnxprune.report.summary import render_report, report_to_json
 
@@ -107,10 +107,10 @@ def run_apply(input_path: str, output_path: str, *, plan_path: Path, calib_dir, 
 
 def run_bench(model_a: str, model_b: str, *, shapes, provider, threads, json_path, seconds,
               sessions, console: Console, load) -> None:
+    from onnxprune.common.runtime import RuntimeConfig, resolve_provider, synthetic_feed
     from onnxprune.graph.shapes import bind_input_shapes, graph_inputs
     from onnxprune.latency.measure import bench_sessions
     from onnxprune.report.jsonio import write_json
-    from onnxprune.runtime import RuntimeConfig, resolve_provider, synthetic_feed
 
     if sessions < 1:
         raise UserError("--sessions must be at least 1")

@@ -61,7 +61,7 @@ def test_prune_has_a_real_signature_with_every_option():
 
 def test_import_onnxprune_stays_light():
     code = ("import sys, onnxprune; heavy = [m for m in ('onnxruntime', 'onnx', "
-            "'onnxprune.pipeline', 'onnxprune.latency') if m in sys.modules]; print(heavy)")
+            "'onnxprune.pipeline.prune', 'onnxprune.latency') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120).stdout
     assert out.strip() == "[]"
@@ -182,7 +182,7 @@ def test_structure_kinds_keep_only_structures_of_those_kinds(tmp_path, cache_dir
     assert {e.name: e.layout for e in kept.plan}["MatMul2"] in ("structure", "dense")
     # What the allocator may choose: the consumer its widths, the producer nothing of its own
     # (it shrinks with the structure), the first layer the run's block layout.
-    from onnxprune.pipeline import _analyse
+    from onnxprune.pipeline.prune import _analyse
 
     config = PruneConfig(speedup=1.3, layouts=("block",), shapes={"input": (64, 64)},
                          overrides=(NodeOverride("MatMul2", structure_kinds=("ffn",)),))

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnxprune.calib import CalibSet, check_against_model, load_calib_dir, load_calib_reader
-from onnxprune.errors import UserError
+from onnxprune.calib.dataset import CalibSet, check_against_model, load_calib_dir, load_calib_reader
+from onnxprune.common.errors import UserError
 from onnxprune.graph.load import load_model
 
 ROOT = Path(__file__).resolve().parents[1]

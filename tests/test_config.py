@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from onnxprune.config import PruneConfig, parse_nm, parse_search_budget
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
+from onnxprune.config.settings import PruneConfig, parse_nm, parse_search_budget
 
 
 @pytest.mark.parametrize(("text", "expected"), [

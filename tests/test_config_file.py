@@ -14,7 +14,7 @@ import pytest
 from onnx import numpy_helper
 
 from onnxprune.cli import prune as prune_command
-from onnxprune.settings_file import NOT_IN_FILE, option_keys
+from onnxprune.config.file import NOT_IN_FILE, option_keys
 from tests.cli_helpers import invoke
 
 ROOT = Path(__file__).resolve().parents[1]

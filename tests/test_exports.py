@@ -18,8 +18,8 @@ import onnx
 import pytest
 
 from onnxprune import PruneConfig
-from onnxprune.errors import TargetUnreachableError, UserError
-from onnxprune.pipeline import prune
+from onnxprune.common.errors import TargetUnreachableError, UserError
+from onnxprune.pipeline.prune import prune
 from tests.fuzz.reference import RecordingTiming, assert_matches_masked_dense, masked_dense
 
 EXPORTS = Path(__file__).resolve().parent / "data" / "exports"

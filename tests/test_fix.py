@@ -21,9 +21,9 @@ from onnx import numpy_helper
 
 from onnxprune import PruneConfig
 from onnxprune.cli import main
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 from onnxprune.graph.fold import apply_fixes
-from onnxprune.pipeline import prune
+from onnxprune.pipeline.prune import prune
 from tests.graph import subgraph_models as sm
 
 # recover=False: these tests check the rewrite against an independently built masked-dense model.

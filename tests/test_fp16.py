@@ -15,9 +15,9 @@ from onnx import TensorProto
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from onnxprune import PruneConfig
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 from onnxprune.graph.load import ort_max_ir_version
-from onnxprune.pipeline import prune
+from onnxprune.pipeline.prune import prune
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIB = ROOT / "calibration" / "digits_cnn"

@@ -19,9 +19,9 @@ import pytest
 from onnx import numpy_helper
 
 from onnxprune import PruneConfig
-from onnxprune.errors import TargetUnreachableError, UserError
+from onnxprune.common.errors import TargetUnreachableError, UserError
 from onnxprune.layouts.nm import check_nm
-from onnxprune.pipeline import prune
+from onnxprune.pipeline.prune import prune
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -252,10 +252,10 @@ def test_model_with_onnx_default_ir_version_is_pruned(tmp_path):
 def test_a_rule_offering_structure_and_block_never_block_prunes_a_structure_producer():
     """Uniform and speedup modes read a node's layouts through one function: a producer is
     shrunk by its consumer's structure only, even when a rule lists block beside structure."""
-    from onnxprune.config import NodeOverride
+    from onnxprune.config.settings import NodeOverride
     from onnxprune.graph.candidates import find_candidates
     from onnxprune.graph.shapes import bind_input_shapes
-    from onnxprune.pipeline import _options_for
+    from onnxprune.pipeline.prune import _options_for
     from onnxprune.structures.context import discover_and_attach
 
     model = onnx.load(str(MODELS / "digits_mlp.onnx"))

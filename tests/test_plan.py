@@ -15,10 +15,10 @@ import pytest
 from onnx import numpy_helper
 
 from onnxprune import PruneConfig
-from onnxprune.errors import UserError
-from onnxprune.pipeline import prune
-from onnxprune.plan import read_plan
-from onnxprune.replay import apply_plan
+from onnxprune.common.errors import UserError
+from onnxprune.pipeline.plan import read_plan
+from onnxprune.pipeline.prune import prune
+from onnxprune.pipeline.replay import apply_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -125,7 +125,7 @@ def test_a_broken_plan_is_a_user_error(tmp_path):
 
 def test_a_plan_keeps_the_per_node_rules_it_was_made_with(tmp_path):
     """An excluded node stays excluded on apply: the rule is part of the plan's settings."""
-    from onnxprune.config import NodeOverride
+    from onnxprune.config.settings import NodeOverride
 
     out, plan = tmp_path / "mlp.onnx", tmp_path / "plan.json"
     rule = NodeOverride(match="MatMul1", exclude=True, source="test rule")

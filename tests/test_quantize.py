@@ -29,7 +29,7 @@ from onnxruntime.quantization import (
 )
 
 from onnxprune import PruneConfig
-from onnxprune.pipeline import prune
+from onnxprune.pipeline.prune import prune
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTED = ("MatMul", "Gemm", "Conv")

@@ -18,7 +18,8 @@ import numpy as np
 import onnx
 
 from onnxprune.allocate.dp import LayerChoices
-from onnxprune.config import PruneConfig
+from onnxprune.common.runtime import RuntimeConfig
+from onnxprune.config.settings import PruneConfig
 from onnxprune.graph.candidates import Candidate, GraphAnalysis
 from onnxprune.latency.anchor import (
     BOUND_MAX_ROUNDS,
@@ -33,8 +34,7 @@ from onnxprune.latency.anchor import (
 from onnxprune.latency.source import MEASURED, TimingSource
 from onnxprune.latency.table import LatencyTable, TimingCache
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight
-from onnxprune.layouts.registry import LAYOUTS
-from onnxprune.runtime import RuntimeConfig
+from onnxprune.layouts.registry import LAYOUTS, option_label
 
 logger = logging.getLogger("onnxprune")
 
@@ -267,7 +267,7 @@ def problem_from_table(table: LatencyTable, candidates: Sequence[Candidate]) -> 
         times = {o: table.option_time(cand.name, o) for o in timed}
         useful[cand.name] = prune_dominated(timed, times)
     for name, option, reason in table.dropped:
-        logger.info("%s: option %s not timed: %s", name, option.label, reason)
+        logger.info("%s: option %s not timed: %s", name, option_label(option), reason)
     return AllocationProblem(candidates, useful, table, table.dense_total_s, table.base_s,
                              table.fingerprint)
 

@@ -14,13 +14,13 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import onnx
 
-from onnxprune.calib import CalibSet
+from onnxprune.calib.collect import padding_masks
+from onnxprune.calib.dataset import CalibSet
+from onnxprune.calib.stitch import StitchedRunner
+from onnxprune.common.runtime import make_session
 from onnxprune.fidelity import Fidelity, Metric, compare
 from onnxprune.fidelity.channels import probability_outputs
 from onnxprune.fidelity.measure import score_metric
-from onnxprune.reconstruct.collect import padding_masks
-from onnxprune.reconstruct.stitch import StitchedRunner
-from onnxprune.runtime import make_session
 
 
 class FidelityScorer:

@@ -255,7 +255,7 @@ def score_metric(metric: Metric, kept: Sequence[tuple], dense_score: float | Non
                  ) -> MetricScore:
     """``metric`` of the pruned outputs (and, unless given, of the dense ones) over all of
     ``kept``: ``(pruned outputs, dense outputs, labels)`` per batch."""
-    from onnxprune.errors import UserError
+    from onnxprune.common.errors import UserError
 
     try:
         pruned = concatenate([k[0] for k in kept])

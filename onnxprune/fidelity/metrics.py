@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 
 Outputs = Mapping[str, np.ndarray]
 MetricFunction = Callable[[Outputs, Outputs, "np.ndarray | None"], float]
@@ -283,7 +283,7 @@ def load_metric(spec: str) -> Metric:
     if not sep:
         raise UserError(f"unknown --metric {spec!r}: one of {', '.join(BUILTIN)}, or "
                         "MODULE:CALLABLE / FILE.py:CALLABLE for your own")
-    from onnxprune.plugin import import_attribute
+    from onnxprune.common.plugin import import_attribute
 
     function = import_attribute(spec, "--metric")
     if not callable(function):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -22,9 +22,6 @@ from onnx import helper, numpy_helper
 from onnxprune.graph.inline import subgraph_attrs
 from onnxprune.graph.shapes import BoundInputs, infer_tensor_shapes
 from onnxprune.graph.subgraphs import body_node_shapes, explain_subgraph_nodes
-
-if TYPE_CHECKING:
-    from onnxprune.structures.context import StructureContext
 
 logger = logging.getLogger("onnxprune")
 
@@ -60,6 +57,35 @@ class NodeSite:
     macs: int
 
 
+class AttachedStructure(Protocol):
+    """The channel structure a consumer candidate ends, as the stages after discovery read it.
+
+    :class:`onnxprune.structures.context.StructureContext` is its one implementation. It is a
+    protocol here so that this module, which the structures stage builds on, need not import it
+    (the two would form an import cycle).
+    """
+
+    @property
+    def structure(self) -> Any:
+        """The :class:`~onnxprune.structures.discover.Structure` itself."""
+
+    @property
+    def producers(self) -> tuple[Candidate, ...]:
+        """Its producer candidates (Q, K and V for attention heads)."""
+
+    @property
+    def producer(self) -> Candidate:
+        """The first producer."""
+
+    @property
+    def isolated(self) -> onnx.ModelProto:
+        """Producer, members and consumer alone, dense: what the latency stage times."""
+
+    @property
+    def signature(self) -> str:
+        """Digest of the isolated subgraph without weight values (identical blocks time once)."""
+
+
 @dataclass(frozen=True, eq=False)
 class Candidate:
     """A prunable weight and the node(s) that use it.
@@ -90,7 +116,7 @@ class Candidate:
     weight_source: str
     weight_via: tuple[str, ...] = ()
     attrs: Mapping[str, object] = field(default_factory=dict)
-    structure: StructureContext | None = None
+    structure: AttachedStructure | None = None
 
     @property
     def macs(self) -> int:

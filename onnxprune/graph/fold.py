@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 from onnxprune.graph.inline import inline_branch, subgraph_attrs
 
 logger = logging.getLogger("onnxprune")

@@ -16,7 +16,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 from onnxprune.graph.toposort import toposort_graph
 from onnxprune.graph.write import save_model_atomic
 

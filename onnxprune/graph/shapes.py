@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 
 logger = logging.getLogger("onnxprune")
 
@@ -211,7 +211,7 @@ def measure_tensor_shapes(
     model: onnx.ModelProto, bound: BoundInputs, names: Iterable[str]
 ) -> dict[str, tuple[int, ...]]:
     """Shapes of ``names`` from one ORT run on synthetic inputs at the bound shapes."""
-    from onnxprune.runtime import make_session, synthetic_feed
+    from onnxprune.common.runtime import make_session, synthetic_feed
 
     names = list(dict.fromkeys(names))
     probe = copy.deepcopy(model)

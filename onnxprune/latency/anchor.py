@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxprune.common.runtime import RuntimeConfig
 from onnxprune.graph.candidates import Candidate
 from onnxprune.latency.measure import SpeedResult
 from onnxprune.latency.source import MEASURED, TimingSource
 from onnxprune.latency.table import TimingCache
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight, to_rows
-from onnxprune.runtime import RuntimeConfig
 
 logger = logging.getLogger("onnxprune")
 
@@ -149,7 +149,7 @@ def model_with_options(
 ) -> onnx.ModelProto:
     """``model`` with each candidate rewritten to ``options[name]`` (random masks, timing only):
     the all-fastest model of the bound, or one candidate's option in context."""
-    from onnxprune.materialize import materialize
+    from onnxprune.layouts.materialize import materialize
 
     return materialize(model, candidates, fastest_choice(candidates, options, seed))
 
@@ -283,7 +283,7 @@ def measure_bound(
     all-fastest model are pooled with this run's (:class:`BoundHistory`). ``predicted`` (the
     table's all-fastest speedup) is passed to ``timing`` (a synthetic source answers from it).
     """
-    from onnxprune.materialize import materialize
+    from onnxprune.layouts.materialize import materialize
 
     chosen = fastest_choice(candidates, fastest)
     fastest_model = materialize(model, candidates, chosen).SerializeToString()

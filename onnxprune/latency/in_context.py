@@ -22,10 +22,10 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
+from onnxprune.common.runtime import RuntimeConfig
 from onnxprune.graph.candidates import Candidate
 from onnxprune.latency.measure import bench_pair
 from onnxprune.layouts.base import DENSE, LayoutOption
-from onnxprune.runtime import RuntimeConfig
 
 logger = logging.getLogger("onnxprune")
 

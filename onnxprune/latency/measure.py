@@ -3,7 +3,7 @@
 Every timing in onnxprune goes through this module so that the latency table, ``onnxprune bench``
 and the verify stage measure the same way:
 
-* The session comes from :func:`onnxprune.runtime.make_session` (the user's EP and threads).
+* The session comes from :func:`onnxprune.common.runtime.make_session` (the user's EP and threads).
 * Inputs are bound once with ``io_binding`` (as ``OrtValue`` on the EP's device) and the outputs are
   bound to the device too, so a timed run is ``session.run_with_iobinding`` and nothing else. On
   ORT 1.31 with 2 CPU threads this costs ~2.5 µs per run on a 1-node model against ~4.7 µs for
@@ -31,7 +31,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from onnxprune.runtime import RuntimeConfig, make_session
+from onnxprune.common.runtime import RuntimeConfig, make_session
 
 logger = logging.getLogger("onnxprune")
 

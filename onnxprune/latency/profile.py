@@ -57,10 +57,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from onnxprune.common.runtime import RuntimeConfig, session_options, synthetic_feed
 from onnxprune.graph.candidates import HEAVY_OPS, ensure_node_names
 from onnxprune.graph.shapes import BoundInputs
 from onnxprune.latency.measure import Timing, _Runner, run_overhead, time_model
-from onnxprune.runtime import RuntimeConfig, session_options, synthetic_feed
 
 logger = logging.getLogger("onnxprune")
 
@@ -182,7 +182,7 @@ class ModelProfile:
 
 
 def profiling_session_options(runtime: RuntimeConfig, folder: str) -> ort.SessionOptions:
-    """Session options as :func:`onnxprune.runtime.make_session` sets them, plus profiling.
+    """Session options as :func:`onnxprune.common.runtime.make_session` sets them, plus profiling.
 
     The profile JSON and the optimized graph go into ``folder`` (a temporary directory), never
     the current directory; the optimized graph's weights go to an external file there so models

@@ -18,11 +18,11 @@ from typing import Protocol
 import numpy as np
 import onnx
 
+from onnxprune.common.runtime import RuntimeConfig
 from onnxprune.graph.candidates import GraphAnalysis
 from onnxprune.latency.measure import SpeedResult, bench_sessions
 from onnxprune.latency.table import LatencyTable, build_latency_table
 from onnxprune.layouts.base import LayoutOption, PrunedWeight
-from onnxprune.runtime import RuntimeConfig
 
 TableProgress = Callable[[int, int, str], None]
 

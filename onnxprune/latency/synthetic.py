@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxprune.common.runtime import RuntimeConfig
 from onnxprune.graph.candidates import GraphAnalysis
 from onnxprune.latency.measure import PairResult, SpeedResult
 from onnxprune.latency.source import TableProgress
 from onnxprune.latency.table import CandidateLatency, LatencyTable
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight
-from onnxprune.runtime import RuntimeConfig
+from onnxprune.layouts.registry import option_label
 
 _SECONDS_PER_MAC = 1e-9
 
@@ -63,7 +64,7 @@ class SyntheticTiming:
         """Seconds of ``option`` for a candidate whose dense time is ``dense_s``."""
         if option == DENSE:
             return dense_s
-        rng = self._rng(name, option.label)
+        rng = self._rng(name, option_label(option))
         kept = 1.0 - option.level
         if option.layout == "structure":
             # A structure shrinks its whole chain: a little more than the node's own share.

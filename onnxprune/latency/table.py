@@ -54,6 +54,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxprune.common.runtime import RuntimeConfig, synthetic_feed
 from onnxprune.graph.candidates import Candidate, GraphAnalysis
 from onnxprune.graph.shapes import graph_inputs
 from onnxprune.latency.measure import RatioTiming, Timing, run_overhead, time_model, time_ratio
@@ -64,7 +65,7 @@ from onnxprune.latency.profile import (
     profiler_inflation,
 )
 from onnxprune.layouts.base import DENSE, LayoutOption
-from onnxprune.runtime import RuntimeConfig, synthetic_feed
+from onnxprune.layouts.registry import option_label
 
 logger = logging.getLogger("onnxprune")
 
@@ -115,8 +116,8 @@ class CandidateLatency:
             if known == option:
                 return seconds
         raise KeyError(
-            f"{self.name}: option {option.label!r} was not timed; timed: "
-            + ", ".join(o.label for o, _ in self.options)
+            f"{self.name}: option {option_label(option)!r} was not timed; timed: "
+            + ", ".join(option_label(o) for o, _ in self.options)
         )
 
     def to_json(self) -> dict:
@@ -679,17 +680,17 @@ def build_latency_table(
                 reason = _one_line(exc)
                 logger.warning(
                     "cannot time %s on %s (%s); option dropped",
-                    option.label,
+                    option_label(option),
                     candidate.name,
                     reason,
                 )
                 failed[key] = reason
-                step(f"{candidate.op} {option.label} failed")
+                step(f"{candidate.op} {option_label(option)} failed")
                 continue
             run_count += 1
         step(
             f"{candidate.op} {'x'.join(map(str, site.input_shape))}->"
-            f"{'x'.join(map(str, site.output_shape))} {option.label}"
+            f"{'x'.join(map(str, site.output_shape))} {option_label(option)}"
         )
     if cached_count and not refresh and not _cache_still_holds(
             plan, raw, run_count, builder, timer, runtime):

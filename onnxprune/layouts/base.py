@@ -62,16 +62,6 @@ class LayoutOption:
     def param(self, name: str) -> int:
         return dict(self.params)[name]
 
-    @property
-    def label(self) -> str:
-        """Short human label, e.g. ``block 64x64 75%`` or ``nm 2:4``: the layout's own words."""
-        from onnxprune.layouts.registry import LAYOUTS
-
-        layout = LAYOUTS.get(self.layout)
-        if layout is None:
-            return f"{self.layout} {self.level:.0%}"
-        return layout.label(self)
-
     def to_json(self) -> dict:
         return {"layout": self.layout, "level": self.level, "params": dict(self.params)}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 from onnxprune.layouts.base import DEFAULT_LEVELS, DENSE, Layout, LayoutOption, is_fast_on
 from onnxprune.layouts.block import Block
 from onnxprune.layouts.channel import Channel
@@ -34,6 +34,15 @@ def get_layout(name: str) -> Layout:
     except KeyError:
         raise UserError(f"unknown layout {name!r}; available: {', '.join(LAYOUTS)}") from None
     return cls()
+
+
+def option_label(option: LayoutOption) -> str:
+    """Short human label of ``option``, e.g. ``block 64x64 75%`` or ``nm 2:4``: its layout's own
+    words (an option of a layout no longer registered reads ``name level``)."""
+    layout = LAYOUTS.get(option.layout)
+    if layout is None:
+        return f"{option.layout} {option.level:.0%}"
+    return layout.label(option)
 
 
 def layouts_fast_on(provider: str) -> list[str]:

@@ -8,7 +8,7 @@ rows, or a conv input channel's ``kh·kw`` taps), which picks the channels and u
 consumer's remaining weights; the masked-dense weight is the consumer's weight with the removed
 channels' rows zeroed, so the stitched model checks exactness unchanged. Materialization shrinks
 the whole chain (:func:`onnxprune.structures.shrink.apply_cuts`) and is run by
-:func:`onnxprune.materialize.materialize` on the model, not per node.
+:func:`onnxprune.layouts.materialize.materialize` on the model, not per node.
 
 Kept counts are rounded to multiples of 8 when the structure is at least 64 wide: ORT's CPU conv
 kernels work in blocks of 8 (NCHWc) and MatMul kernels in similar panels, so odd widths waste the
@@ -108,7 +108,8 @@ class StructureLayout:
 
     def materialize(self, graph: gs.Graph, candidate: Candidate, pruned: PrunedWeight) -> None:
         raise NotImplementedError(
-            "structures are materialized on the model by onnxprune.materialize, not per node")
+            "structures are materialized on the model by onnxprune.layouts.materialize, "
+            "not per node")
 
 
 def structure_mask(candidate: Candidate, kept: np.ndarray) -> np.ndarray:

@@ -11,15 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import onnx
 
-from onnxprune.calib import CalibSet
-from onnxprune.config import PruneConfig
-from onnxprune.fidelity import describe
+from onnxprune.calib.dataset import CalibSet
+from onnxprune.calib.stitch import StitchedRunner
+from onnxprune.config.settings import PruneConfig
 from onnxprune.fidelity.channels import probability_outputs
-from onnxprune.reconstruct.stitch import StitchedRunner
 from onnxprune.recover.tune import (
     INSTALL_HINT,
     Recovery,
@@ -27,9 +25,6 @@ from onnxprune.recover.tune import (
     recover_globally,
     torch_available,
 )
-
-if TYPE_CHECKING:
-    from onnxprune.attempt import Attempt
 
 logger = logging.getLogger("onnxprune")
 
@@ -104,16 +99,3 @@ def recovery_stage(config: PruneConfig, runner: StitchedRunner | None, fit: Cali
         return None
     return RecoveryStage(runner, fit, held_out, config.recover_seconds, config.threads,
                          config.seed)
-
-
-def note_recovery(report, attempt: Attempt) -> None:
-    """The report's record, and one line, of what global recovery did to the written model."""
-    report.recovery = attempt.recovery
-    if attempt.recovery is None:
-        return
-    line = attempt.recovery["note"]
-    if attempt.recovery.get("kept") and attempt.oneshot_fidelity is not None \
-            and attempt.fidelity is not None:
-        line += (f"; on held-out samples: {describe(attempt.oneshot_fidelity)} (one-shot) -> "
-                 f"{describe(attempt.fidelity)}")
-    report.notes.append(line)

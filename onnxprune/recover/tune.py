@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxprune.calib import CalibSet
-from onnxprune.reconstruct.collect import padding_masks
+from onnxprune.calib.collect import padding_masks
+from onnxprune.calib.dataset import CalibSet
 
 logger = logging.getLogger("onnxprune")
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from html import escape
 from pathlib import Path
 
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 from onnxprune.report.svgchart import BarRow, paired_bar_chart
 
 _STYLE = """

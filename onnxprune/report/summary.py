@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxprune.fidelity import describe
-from onnxprune.pipeline import Report
+from onnxprune.layouts.registry import option_label
+from onnxprune.pipeline.prune import Report
 
 
 def _ms(seconds: float | None) -> str:
@@ -61,7 +62,7 @@ def report_to_json(report: Report) -> dict:
         "layers": [
             {
                 "name": layer.name, "op": layer.op, "nodes": list(layer.nodes),
-                **layer.option.to_json(), "label": layer.option.label, "error": layer.err,
+                **layer.option.to_json(), "label": option_label(layer.option), "error": layer.err,
                 "time_dense_s": layer.time_dense_s, "time_after_s": layer.time_after_s,
                 "weights_before": layer.weights_before, "weights_after": layer.weights_after,
             }
@@ -84,7 +85,7 @@ def _layer_table(report: Report) -> Table:
                  else layer.time_dense_s - layer.time_after_s)
         table.add_row(
             layer.name + (f" (+{len(layer.nodes) - 1})" if len(layer.nodes) > 1 else ""),
-            layer.op, layer.option.label, f"{removed:.0%}", f"{layer.err:.4f}",
+            layer.op, option_label(layer.option), f"{removed:.0%}", f"{layer.err:.4f}",
             _ms(layer.time_dense_s), _ms(saved),
         )
     table.caption = ("a structure's saving counts every node of its chain (producer, the ops "

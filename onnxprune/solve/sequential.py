@@ -24,11 +24,11 @@ import numpy as np
 import onnx
 import scipy.linalg
 
-from onnxprune.calib import CalibSet
+from onnxprune.calib.collect import collect_hessians, padding_masks, reduction_rows
+from onnxprune.calib.dataset import CalibSet
+from onnxprune.calib.stitch import StitchedRunner
 from onnxprune.graph.candidates import Candidate
 from onnxprune.layouts.base import PrunedWeight, from_rows, to_rows
-from onnxprune.reconstruct.collect import collect_hessians, padding_masks, reduction_rows
-from onnxprune.reconstruct.stitch import StitchedRunner
 from onnxprune.solve.database import make_solver, solve_options
 
 logger = logging.getLogger("onnxprune")

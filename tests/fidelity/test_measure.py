@@ -89,7 +89,7 @@ def test_integer_outputs_count_differing_positions_and_labels_give_accuracy():
 
 
 def test_padded_positions_are_left_out_when_a_mask_matches():
-    from onnxprune.reconstruct.collect import padding_masks
+    from onnxprune.calib.collect import padding_masks
 
     mask = np.array([[1, 1, 0, 0], [1, 0, 0, 0]], dtype=np.int64)
     masks = padding_masks({"input_ids": np.zeros((2, 4), np.int64), "attention_mask": mask})

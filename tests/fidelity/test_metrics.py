@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 from onnxprune.fidelity import FidelityBound, compare, load_metric
 from onnxprune.fidelity.metrics import detect, find_detection_output, match_count
 

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from onnxprune import PruneConfig
-from onnxprune.errors import TargetUnreachableError, UserError
-from onnxprune.pipeline import prune
+from onnxprune.common.errors import TargetUnreachableError, UserError
+from onnxprune.pipeline.prune import prune
 from tests.fuzz.graphs import BLOCKS, Recipe, build
 from tests.fuzz.reference import PRUNE_BATCH, RecordingTiming
 from tests.fuzz.test_fuzz import write_calib

@@ -1,13 +1,13 @@
 """The whole pipeline on random graphs: every run is exact against masked-dense, or refused.
 
-Each example builds a random graph (:mod:`tests.fuzz.graphs`), random calibration data and a
-random configuration, and runs :func:`onnxprune.pipeline.prune` with the seeded synthetic latency
+Each example builds a random graph (:mod:`tests.fuzz.graphs`), random calibration data and a random
+configuration, and runs :func:`onnxprune.pipeline.prune.prune` with the seeded synthetic latency
 source, so analysis, structure discovery, options, reconstruction, allocation, materialization and
 the library's own checks all run for real, deterministically and in well under a second. Allowed
 outcomes: a written model that passes ``onnx.checker``, loads in ONNX Runtime, and equals the
-masked-dense model (the input model with the chosen weights written in) on random inputs at
-batch sizes and sequence lengths it was not pruned at; or a refusal with exit code 2 or 3
-(``UserError``, ``TargetUnreachableError``) and nothing written. Anything else fails.
+masked-dense model (the input model with the chosen weights written in) on random inputs at batch
+sizes and sequence lengths it was not pruned at; or a refusal with exit code 2 or 3 (``UserError``,
+``TargetUnreachableError``) and nothing written. Anything else fails.
 
 ``make test`` runs ``FUZZ_EXAMPLES`` (default 300) derandomized examples; ``make fuzz`` runs
 thousands with fresh randomness. ``FUZZ_LOG=path`` appends one JSON line per example (family,
@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from onnxprune import PruneConfig
-from onnxprune.errors import TargetUnreachableError, UserError
-from onnxprune.pipeline import prune
+from onnxprune.common.errors import TargetUnreachableError, UserError
+from onnxprune.pipeline.prune import prune
 from tests.fuzz.graphs import SEQ, STARTS, Recipe, build, random_feed
 from tests.fuzz.reference import (
     PRUNE_BATCH,

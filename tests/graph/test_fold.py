@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 from onnxprune.graph.candidates import ensure_node_names, find_candidates
 from onnxprune.graph.fold import apply_fixes, parse_fix_specs, pinned_value
 from onnxprune.graph.shapes import bind_input_shapes

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 from onnxprune.graph.load import load_model, ort_max_ir_version, save_model_atomic
 
 

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 from onnxprune.graph.shapes import bind_input_shapes, infer_tensor_shapes, parse_shape_specs
 
 

@@ -134,8 +134,8 @@ class _Scripted:
 def _ffn_problem():
     """A real FFN model with its problem from a synthetic (seeded) latency table."""
     from onnxprune.allocate.budget import problem_from_table
+    from onnxprune.common.runtime import RuntimeConfig
     from onnxprune.latency.synthetic import SyntheticTiming
-    from onnxprune.runtime import RuntimeConfig
 
     model = ffn_model(32, ["gelu"])
     analysis = find_candidates(model, bind_input_shapes(model, {"x": (2, 4, 12)}))
@@ -162,7 +162,7 @@ STEADY = [5.0, 5.05, 4.95, 5.0, 5.02] * 20
 ])
 def test_rounds_are_added_until_the_bound_is_precise_or_the_target_decided(script, target,
                                                                            rounds):
-    from onnxprune.runtime import RuntimeConfig
+    from onnxprune.common.runtime import RuntimeConfig
 
     model, problem, feed = _ffn_problem()
     source = _Scripted(script)
@@ -174,8 +174,8 @@ def test_rounds_are_added_until_the_bound_is_precise_or_the_target_decided(scrip
 
 
 def test_later_runs_pool_their_sessions_with_earlier_ones_and_drop_a_stale_pool(tmp_path):
+    from onnxprune.common.runtime import RuntimeConfig
     from onnxprune.latency.anchor import BOUND_HISTORY, bound_cache
-    from onnxprune.runtime import RuntimeConfig
 
     runtime, cache = RuntimeConfig(threads=1), bound_cache(tmp_path)
     model, problem, feed = _ffn_problem()
@@ -221,8 +221,8 @@ def test_a_narrower_option_dropped_as_dominated_still_ties_for_the_bound():
 
 def test_no_round_is_started_that_would_end_past_the_time_cap(monkeypatch):
     """Rounds of 10 s (by a fake clock) under a 25 s cap: the third would end at 30 s."""
+    from onnxprune.common.runtime import RuntimeConfig
     from onnxprune.latency import anchor
-    from onnxprune.runtime import RuntimeConfig
 
     now = [0.0]
 

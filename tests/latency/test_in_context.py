@@ -7,13 +7,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from onnxprune.common.runtime import RuntimeConfig
 from onnxprune.graph.candidates import find_candidates
 from onnxprune.graph.shapes import bind_input_shapes
 from onnxprune.latency import in_context
 from onnxprune.latency.anchor import model_with_options
 from onnxprune.layouts.base import DENSE, LayoutOption
 from onnxprune.layouts.registry import candidate_options
-from onnxprune.runtime import RuntimeConfig
 from tests.latency.builders import unrolled_rnn
 
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from onnxprune.common.runtime import RuntimeConfig
 from onnxprune.latency.measure import (
     PairResult,
     RatioTiming,
@@ -19,7 +20,6 @@ from onnxprune.latency.measure import (
     time_ratio,
     time_runner,
 )
-from onnxprune.runtime import RuntimeConfig
 from tests.latency.builders import mlp
 
 RUNTIME = RuntimeConfig(threads=1)

@@ -9,11 +9,11 @@ import onnx
 import pytest
 from onnx import helper
 
+from onnxprune.common.runtime import RuntimeConfig
 from onnxprune.graph.candidates import ensure_node_names, find_candidates
 from onnxprune.graph.load import load_model
 from onnxprune.graph.shapes import bind_input_shapes
 from onnxprune.latency.profile import ModelProfile, map_kernels, name_variants, profile_model
-from onnxprune.runtime import RuntimeConfig
 from tests.latency.builders import convnet, mlp
 
 RUNTIME = RuntimeConfig(threads=1)

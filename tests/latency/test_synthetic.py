@@ -10,7 +10,7 @@ import pytest
 from onnxprune import PruneConfig
 from onnxprune.latency.synthetic import SyntheticTiming
 from onnxprune.layouts.base import DENSE, LayoutOption
-from onnxprune.pipeline import prune
+from onnxprune.pipeline.prune import prune
 from tests.fuzz.graphs import Recipe, build
 
 
@@ -70,7 +70,7 @@ def test_measured_speed_is_the_prediction_times_a_bounded_bias():
 def test_best_effort_never_writes_a_model_slower_than_its_input(tmp_path):
     """Measured far below its prediction (bias 0.5), every model found is slower than dense:
     --best-effort writes nothing and says so, instead of a slower file."""
-    from onnxprune.errors import TargetUnreachableError
+    from onnxprune.common.errors import TargetUnreachableError
 
     path, calib, shapes = _model(tmp_path)
     out = tmp_path / "out.onnx"

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from onnxprune.common.runtime import RuntimeConfig
 from onnxprune.graph.candidates import find_candidates
 from onnxprune.graph.shapes import bind_input_shapes
 from onnxprune.latency.measure import Timing, time_model
@@ -25,7 +26,6 @@ from onnxprune.latency.table import (
     site_signature,
 )
 from onnxprune.layouts.base import DENSE, LayoutOption
-from onnxprune.runtime import RuntimeConfig
 from tests.latency.builders import dense_isolated, mlp
 
 RUNTIME = RuntimeConfig(threads=1)

@@ -11,12 +11,12 @@ import onnx
 import onnx_graphsurgeon as gs
 from hypothesis import HealthCheck, settings
 
+from onnxprune.common.runtime import RuntimeConfig, make_session
 from onnxprune.graph.candidates import Candidate, ensure_node_names, find_candidates
 from onnxprune.graph.load import stamp_ir_version
 from onnxprune.graph.shapes import bind_input_shapes
 from onnxprune.layouts.base import Layout, LayoutOption, PrunedWeight, to_rows
 from onnxprune.reconstruct.obs import ObsSolver
-from onnxprune.runtime import RuntimeConfig, make_session
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("LAYOUT_EXAMPLES", "40")),

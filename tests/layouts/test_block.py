@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from onnxprune.layouts.base import DEFAULT_LEVELS, LayoutOption, PrunedWeight, to_rows
 from onnxprune.layouts.block import Block, check_block, pack_matmul
+from onnxprune.layouts.registry import option_label
 from tests.layouts.common import (
     SETTINGS,
     assert_same_outputs,
@@ -200,7 +201,7 @@ def test_options_levels_are_exact_and_deduplicated():
     keeps_32 = sorted(o.param("keep") for o in options if o.param("bk") == 32)
     assert keeps_32 == [1]
     assert len(options) == len(set(options))
-    assert options[0].label.startswith("block 16x16")
+    assert option_label(options[0]).startswith("block 16x16")
 
 
 def test_options_give_a_reason_when_no_block_fits():

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from onnxprune.layouts.base import to_rows
 from onnxprune.layouts.nm import NM, check_nm
+from onnxprune.layouts.registry import option_label
 from tests.layouts.common import (
     SETTINGS,
     assert_same_outputs,
@@ -84,7 +85,7 @@ def test_options_need_m_to_divide_k_and_1x1_convs():
     rng = np.random.default_rng(0)
     odd = only_candidate(matmul_model(_weight(rng, 12, 3)), {"x": (1, 12)})
     options, reason = NM().options(odd)
-    assert [o.label for o in options] == ["nm 2:4 50%", "nm 1:4 75%"] and reason is None
+    assert [option_label(o) for o in options] == ["nm 2:4 50%", "nm 1:4 75%"] and reason is None
     none, reason = NM().options(only_candidate(matmul_model(_weight(rng, 6, 3)), {"x": (1, 6)}))
     assert none == [] and "K=6" in reason
     conv3 = only_candidate(conv_model(_weight(rng, 4, 8, 3, 3)), {"x": (1, 8, 8, 8)})

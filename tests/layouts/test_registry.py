@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 from onnxprune.layouts.base import is_fast_on
 from onnxprune.layouts.registry import LAYOUTS, get_layout, layouts_fast_on
 

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from onnxprune.layouts.base import DEFAULT_LEVELS
+from onnxprune.layouts.registry import option_label
 from onnxprune.layouts.unstructured import Unstructured
 from tests.layouts.common import (
     SETTINGS,
@@ -99,5 +100,5 @@ def test_options_and_fast_on():
     assert [o.level for o in options] == [0.5, 0.9] and reason is None
     assert Unstructured().options(candidate, [])[0] == []
     assert Unstructured.fast_on == frozenset()
-    assert options[0].label == "unstructured 50%"
+    assert option_label(options[0]) == "unstructured 50%"
     assert pytest.approx(0.5) == options[0].level

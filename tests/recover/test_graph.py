@@ -10,8 +10,9 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
-from onnxprune.calib import load_calib_dir
-from onnxprune.materialize import materialize
+from onnxprune.calib.dataset import load_calib_dir
+from onnxprune.contract.verify import MaterializationMismatchError, require_same_graph
+from onnxprune.layouts.materialize import materialize
 from onnxprune.recover.graph import (
     TorchGraph,
     to_torch_feed,
@@ -19,7 +20,6 @@ from onnxprune.recover.graph import (
     unsupported_ops,
     with_initializers,
 )
-from onnxprune.verify import MaterializationMismatchError, require_same_graph
 from tests.models import init, make_model, tensor
 
 torch = pytest.importorskip("torch")

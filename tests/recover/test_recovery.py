@@ -16,11 +16,11 @@ import pytest
 from onnx import helper, numpy_helper
 
 from onnxprune import PruneConfig
-from onnxprune.calib import load_calib_dir
+from onnxprune.calib.dataset import load_calib_dir
+from onnxprune.contract.verify import require_same_graph
 from onnxprune.fidelity.channels import probability_outputs
-from onnxprune.pipeline import prune
+from onnxprune.pipeline.prune import prune
 from onnxprune.recover.tune import Targets, recover_globally
-from onnxprune.verify import require_same_graph
 from tests.models import init, make_model, tensor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,10 +110,10 @@ def test_a_graph_the_op_table_cannot_run_is_skipped_naming_the_op():
 
 def test_error_feedback_solves_the_normal_equations_toward_the_dense_output():
     """W* = (W·C + λW)(H_p + λI)⁻¹ with H_p = X_pᵀX_p and C = X_dᵀX_p, X from the runner."""
+    from onnxprune.calib.stitch import StitchedRunner
     from onnxprune.graph.candidates import find_candidates
     from onnxprune.graph.shapes import bind_input_shapes
     from onnxprune.layouts.base import to_rows
-    from onnxprune.reconstruct.stitch import StitchedRunner
     from onnxprune.solve.sequential import FEEDBACK_DAMP, feedback_problem
 
     rng = np.random.default_rng(0)
@@ -128,7 +128,7 @@ def test_error_feedback_solves_the_normal_equations_toward_the_dense_output():
     runner = StitchedRunner(model, analysis.candidates,
                             expose=[s.activation for c in analysis.candidates for s in c.sites])
     x = rng.standard_normal((32, 6)).astype(np.float32)
-    from onnxprune.calib import CalibSet
+    from onnxprune.calib.dataset import CalibSet
 
     calib = CalibSet(({"x": x},), (None,), "test")
     pruned_w1 = first.weight.copy()

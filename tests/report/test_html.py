@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 from onnxprune.report.html import (
     render_profile_html,
     render_prune_html,

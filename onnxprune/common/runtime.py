@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 
 logger = logging.getLogger("onnxprune")
 

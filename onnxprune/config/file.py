@@ -31,8 +31,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from onnxprune.config import NodeOverride
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
+from onnxprune.config.settings import NodeOverride
 
 OVERRIDES_KEY = "onnxprune.node_overrides"
 """Where the file's per-node rules are kept in ``ctx.meta``."""

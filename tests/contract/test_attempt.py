@@ -5,10 +5,10 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from onnxprune.attempt import Attempt, Realizer
-from onnxprune.config import PruneConfig
+from onnxprune.common.runtime import RuntimeConfig
+from onnxprune.config.settings import PruneConfig
+from onnxprune.contract.attempt import Attempt, Realizer
 from onnxprune.latency.measure import PairResult, SpeedResult
-from onnxprune.runtime import RuntimeConfig
 
 
 def _result(*speedups: float) -> SpeedResult:

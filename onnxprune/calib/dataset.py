@@ -23,9 +23,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import onnx
 
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
+from onnxprune.common.runtime import np_dtype
 from onnxprune.graph.shapes import graph_inputs
-from onnxprune.runtime import np_dtype
 
 logger = logging.getLogger("onnxprune")
 
@@ -218,7 +218,7 @@ def _cap(
 
 def load_calib_reader(spec: str, max_samples: int) -> CalibSet:
     """Import ``module:callable`` (or ``file.py:callable``), call it, drain the returned reader."""
-    from onnxprune.plugin import import_attribute
+    from onnxprune.common.plugin import import_attribute
 
     factory = import_attribute(spec, "--calib-reader")
     reader = factory() if callable(factory) and not hasattr(factory, "get_next") else factory

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from onnxprune.progress import format_seconds, plain_line, progress_reporter
+from onnxprune.common.progress import format_seconds, plain_line, progress_reporter
 
 
 class FakeClock:
@@ -95,7 +95,7 @@ def test_plain_line_and_seconds_formats():
     assert format_seconds(42.4) == "42s"
     assert format_seconds(185) == "3m05s"
     assert format_seconds(3720) == "1h02m"
-    from onnxprune.progress import _Stage
+    from onnxprune.common.progress import _Stage
 
     stage = _Stage("x", started=0.0, done=0, total=1)
     assert plain_line("start", stage, 0.0) == "onnxprune: x (1 step) ..."

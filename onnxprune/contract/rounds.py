@@ -28,9 +28,9 @@ import numpy as np
 from onnxprune.allocate.budget import AllocationProblem, format_unreachable
 from onnxprune.allocate.dp import LayerChoices, solve_dp
 from onnxprune.allocate.search import spdy_search
-from onnxprune.attempt import Attempt, Progress, Realizer
-from onnxprune.config import PruneConfig
-from onnxprune.errors import TargetUnreachableError
+from onnxprune.common.errors import TargetUnreachableError
+from onnxprune.config.settings import PruneConfig
+from onnxprune.contract.attempt import Attempt, Progress, Realizer
 from onnxprune.fidelity import Fidelity, FidelityBound, describe
 from onnxprune.graph.candidates import Candidate
 from onnxprune.layouts.base import PrunedWeight

@@ -16,9 +16,9 @@ import logging
 import time
 from pathlib import Path
 
-from onnxprune.attempt import Progress
-from onnxprune.errors import UserError
-from onnxprune.plan import calibration_digest, mask_digest, model_digest, read_plan
+from onnxprune.common.errors import UserError
+from onnxprune.contract.attempt import Progress
+from onnxprune.pipeline.plan import calibration_digest, mask_digest, model_digest, read_plan
 
 logger = logging.getLogger("onnxprune")
 
@@ -33,13 +33,20 @@ def apply_plan(input_path: str | Path, output_path: str | Path, plan_path: str |
     """Write the model ``plan_path`` describes for ``input_path`` to ``output_path``.
 
     Returns:
-        The pipeline's :class:`~onnxprune.pipeline.Report` (mode "apply"; nothing is timed).
+        The pipeline's :class:`~onnxprune.pipeline.prune.Report` (mode "apply"; nothing is timed).
 
     Raises:
         UserError: the plan is unreadable, or the input model or calibration data differ from the
             ones the plan was made with (the message says which).
     """
-    from onnxprune.pipeline import _analyse, _calibrate, _check_paths, _finish, _realizer, _solve
+    from onnxprune.pipeline.prune import (
+        _analyse,
+        _calibrate,
+        _check_paths,
+        _finish,
+        _realizer,
+        _solve,
+    )
 
     started = time.monotonic()
     in_path, out_path = _check_paths(input_path, output_path)

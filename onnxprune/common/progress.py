@@ -229,7 +229,7 @@ def _plain_lines(stream: IO[str], clock: Callable[[], float]) -> Iterator[Progre
 @contextlib.contextmanager
 def _json_log(path: Path, clock: Callable[[], float]) -> Iterator[Progress]:
     """Appends as the run goes (a pipeline may follow the file), one object per line."""
-    from onnxprune.errors import UserError
+    from onnxprune.common.errors import UserError
 
     try:
         handle = open(path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed below

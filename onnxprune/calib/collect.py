@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from onnxprune.calib import CalibSet
+from onnxprune.calib.dataset import CalibSet
+from onnxprune.calib.stitch import StitchedRunner
 from onnxprune.graph.candidates import Candidate
 from onnxprune.reconstruct.hessian import HessianAccumulator, im2col_patches
-from onnxprune.reconstruct.stitch import StitchedRunner
 
 logger = logging.getLogger("onnxprune")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 
 
 def import_attribute(spec: str, option: str) -> Any:

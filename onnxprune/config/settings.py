@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onnxprune.errors import UserError
+from onnxprune.common.errors import UserError
 from onnxprune.layouts.base import DEFAULT_LEVELS
 
 DEFAULT_PROVIDER = "cpu"

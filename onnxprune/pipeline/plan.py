@@ -4,8 +4,8 @@ Timing noise moves the allocation, so the same ``--speedup`` command can write d
 different runs. The plan (``--save-plan plan.json``) records the outcome of the timed part — the
 option chosen per candidate — together with what the rest of the run is a pure function of: the
 input model's digest, the calibration data's digest and the settings that decide the candidates.
-``onnxprune apply`` (:mod:`onnxprune.replay`) re-materializes it without timing; the mask digests
-let it prove that its reconstruction picked the same weights.
+``onnxprune apply`` (:mod:`onnxprune.pipeline.replay`) re-materializes it without timing; the mask
+digests let it prove that its reconstruction picked the same weights.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from onnxprune.calib import CalibSet
-from onnxprune.config import NodeOverride, PruneConfig
-from onnxprune.errors import UserError
+from onnxprune.calib.dataset import CalibSet
+from onnxprune.common.errors import UserError
+from onnxprune.config.settings import NodeOverride, PruneConfig
 from onnxprune.graph.candidates import Candidate
 from onnxprune.graph.load import external_tensors
 from onnxprune.graph.write import write_bytes_atomic

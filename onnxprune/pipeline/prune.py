@@ -25,11 +25,15 @@ from onnxprune.allocate.budget import (
     granularity,
 )
 from onnxprune.allocate.loss import fidelity_scorer
-from onnxprune.attempt import Attempt, Progress, Realizer
-from onnxprune.calib import CalibSet, check_against_model, load_calib_dir, load_calib_reader
-from onnxprune.config import PruneConfig
-from onnxprune.contract import run_contract
-from onnxprune.errors import TargetUnreachableError, UserError
+from onnxprune.calib.collect import collect_hessians, poorly_conditioned
+from onnxprune.calib.dataset import CalibSet, check_against_model, load_calib_dir, load_calib_reader
+from onnxprune.calib.stitch import StitchedRunner
+from onnxprune.common.errors import TargetUnreachableError, UserError
+from onnxprune.common.runtime import RuntimeConfig, resolve_provider, synthetic_feed
+from onnxprune.config.settings import PruneConfig
+from onnxprune.contract.attempt import Attempt, Progress, Realizer
+from onnxprune.contract.rounds import run_contract
+from onnxprune.contract.verify import check_exact, require_same_graph
 from onnxprune.fidelity import Fidelity, FidelityBound, Metric, Scorer, describe, load_metric
 from onnxprune.graph.candidates import Candidate, GraphAnalysis, SkippedNode
 from onnxprune.graph.candidates import find_candidates as _find_candidates
@@ -47,13 +51,9 @@ from onnxprune.layouts.registry import (
     get_layout,
     layouts_fast_on,
 )
-from onnxprune.reconstruct.collect import collect_hessians, poorly_conditioned
-from onnxprune.reconstruct.stitch import StitchedRunner
-from onnxprune.recover.stage import note_recovery, recovery_stage
-from onnxprune.runtime import RuntimeConfig, resolve_provider, synthetic_feed
+from onnxprune.recover.stage import recovery_stage
 from onnxprune.solve.database import build_database
 from onnxprune.structures.context import discover_and_attach, layouts_for
-from onnxprune.verify import check_exact, require_same_graph
 
 logger = logging.getLogger("onnxprune")
 
@@ -453,7 +453,7 @@ def _check_runtime_runs(model: onnx.ModelProto, runtime: RuntimeConfig,
                         precision: LowPrecision, path: Path) -> None:
     """Refuse a half-precision model the EP cannot run (ORT's CPU EP has no bfloat16 MatMul or
     Conv): the output would be timed and deployed on that EP, so nothing useful can be written."""
-    from onnxprune.runtime import make_session
+    from onnxprune.common.runtime import make_session
 
     try:
         make_session(model, runtime)
@@ -717,7 +717,9 @@ def _finish(attempt: Attempt, report: Report, realizer: Realizer, calib: CalibSe
         require_same_graph(checked, attempt.pruned)
     report.exactness = check_exact(checked, reference, attempt.weights, check_feed,
                                    **({"rtol": LOW_PRECISION_RTOL} if realizer.precision else {}))
-    note_recovery(report, attempt)
+    report.recovery = attempt.recovery
+    if (line := attempt.recovery_note()) is not None:
+        report.notes.append(line)
     report.fidelity = attempt.fidelity
     if report.bound is not None and attempt.fidelity is not None:
         report.within_bound = report.bound.holds(attempt.fidelity)
@@ -725,7 +727,7 @@ def _finish(attempt: Attempt, report: Report, realizer: Realizer, calib: CalibSe
     save_model_atomic(attempt.pruned, out_path)
     report.written = True
     if realizer.config.save_plan is not None:
-        from onnxprune.plan import make_plan, write_plan
+        from onnxprune.pipeline.plan import make_plan, write_plan
 
         write_plan(make_plan(Path(report.input_path), realizer.config, calib, report.fingerprint,
                              realizer.candidates, attempt.chosen, out_path),

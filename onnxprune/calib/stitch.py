@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from onnxprune.common.runtime import RuntimeConfig, make_session
 from onnxprune.graph.candidates import Candidate
 from onnxprune.graph.load import stamp_ir_version
-from onnxprune.runtime import RuntimeConfig, make_session
 
 logger = logging.getLogger("onnxprune")
 

@@ -4,7 +4,7 @@ Before anything is written, the materialized model's outputs must equal the stit
 the same pruned weights (masked-dense computation), on real calibration inputs when there are
 some and synthetic ones otherwise. Its speed is checked separately, by
 :func:`onnxprune.latency.measure.bench_sessions` (the same measurement ``onnxprune bench`` makes),
-from :meth:`onnxprune.attempt.Realizer.measure`.
+from :meth:`onnxprune.contract.attempt.Realizer.measure`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from onnxprune.reconstruct.stitch import StitchedRunner
-from onnxprune.runtime import make_session
+from onnxprune.calib.stitch import StitchedRunner
+from onnxprune.common.runtime import make_session
 
 logger = logging.getLogger("onnxprune")
 

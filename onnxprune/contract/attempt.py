@@ -1,10 +1,9 @@
 """One candidate output model: realized from an allocation, checked for fidelity, timed.
 
-The pipeline and the contract loop (:mod:`onnxprune.contract`) both turn allocations into models
-the same way: re-solve the chosen options sequentially on the fit data, materialize the graph,
-measure fidelity on the held-out verify data, and — when it is worth it — time it against the dense
-model in fresh sessions. :class:`Realizer` holds what that needs so no stage re-derives it.
-"""
+The pipeline and the contract loop (:mod:`onnxprune.contract.rounds`) both turn allocations into
+models the same way: re-solve the chosen options sequentially on the fit data, materialize the
+graph, measure fidelity on the held-out verify data, and — when it is worth it — time it against the
+dense model in fresh sessions. :class:`Realizer` holds what that needs so no stage re-derives it."""
 
 from __future__ import annotations
 
@@ -16,19 +15,19 @@ import numpy as np
 import onnx
 
 from onnxprune.allocate.loss import FidelityScorer
-from onnxprune.calib import CalibSet
-from onnxprune.config import PruneConfig
-from onnxprune.fidelity import Fidelity, FidelityBound
+from onnxprune.calib.dataset import CalibSet
+from onnxprune.calib.stitch import StitchedRunner
+from onnxprune.common.progress import Progress
+from onnxprune.common.runtime import RuntimeConfig
+from onnxprune.config.settings import PruneConfig
+from onnxprune.fidelity import Fidelity, FidelityBound, describe
 from onnxprune.graph.candidates import Candidate
 from onnxprune.graph.precision import LowPrecision, lower
 from onnxprune.latency.measure import SpeedResult
 from onnxprune.latency.source import MEASURED, TimingSource
 from onnxprune.layouts.base import Layout, PrunedWeight
-from onnxprune.materialize import materialize
-from onnxprune.progress import Progress
-from onnxprune.reconstruct.stitch import StitchedRunner
+from onnxprune.layouts.materialize import materialize
 from onnxprune.recover.stage import RecoveryStage
-from onnxprune.runtime import RuntimeConfig
 from onnxprune.solve.sequential import sequential_resolve
 
 logger = logging.getLogger("onnxprune")
@@ -65,6 +64,17 @@ class Attempt:
     @property
     def weights(self) -> dict[str, np.ndarray]:
         return {name: solution.weight for name, solution in self.chosen.items()}
+
+    def recovery_note(self) -> str | None:
+        """One line of what global recovery did to this model (None: it did not run)."""
+        if self.recovery is None:
+            return None
+        line = self.recovery["note"]
+        if self.recovery.get("kept") and self.oneshot_fidelity is not None \
+                and self.fidelity is not None:
+            line += (f"; on held-out samples: {describe(self.oneshot_fidelity)} (one-shot) -> "
+                     f"{describe(self.fidelity)}")
+        return line
 
 
 @dataclass(frozen=True)
