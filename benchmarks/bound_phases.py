@@ -30,8 +30,8 @@ def all_fastest(model_path: str, shapes: list[str], threads: int, cache_dir: Pat
     from onnxprune.graph.load import load_model
     from onnxprune.graph.prepare import prepare_model
     from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs
-    from onnxprune.latency.anchor import model_with_options
-    from onnxprune.latency.table import build_latency_table
+    from onnxprune.latency.build import build_latency_table
+    from onnxprune.latency.random_masks import model_with_options
     from onnxprune.layouts.registry import candidate_options, layouts_fast_on
     from onnxprune.structures.context import discover_and_attach, layouts_for
 

@@ -26,7 +26,7 @@ from onnxprune.common.runtime import RuntimeConfig, resolve_provider  # noqa: E4
 from onnxprune.graph.candidates import ensure_node_names, find_candidates  # noqa: E402
 from onnxprune.graph.load import load_model  # noqa: E402
 from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs  # noqa: E402
-from onnxprune.latency.table import build_latency_table  # noqa: E402
+from onnxprune.latency.build import build_latency_table  # noqa: E402
 from onnxprune.layouts.registry import candidate_options, layouts_fast_on, option_label  # noqa: E402
 
 

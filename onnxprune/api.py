@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from onnxprune.calib.dataset import CalibrationReader
     from onnxprune.common.progress import Progress
     from onnxprune.fidelity import Fidelity
-    from onnxprune.pipeline.prune import Report
+    from onnxprune.pipeline.result import Report
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruneConfig)
              if f.default is not dataclasses.MISSING}
@@ -466,21 +466,14 @@ def profile(
     import onnx
 
     from onnxprune.allocate.budget import problem_from_table
-    from onnxprune.common.runtime import RuntimeConfig, resolve_provider, synthetic_feed
-    from onnxprune.graph.candidates import find_candidates
+    from onnxprune.common.runtime import synthetic_feed
     from onnxprune.graph.load import load_model
-    from onnxprune.graph.prepare import prepare_model
-    from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs
+    from onnxprune.graph.shapes import parse_shape_specs
     from onnxprune.latency.anchor import BOUND_MAX_ROUNDS, bound_cache
-    from onnxprune.latency.table import build_latency_table
+    from onnxprune.latency.build import build_latency_table
     from onnxprune.layouts.base import DENSE
-    from onnxprune.layouts.registry import (
-        candidate_options,
-        get_layout,
-        layouts_fast_on,
-        option_label,
-    )
-    from onnxprune.structures.context import discover_and_attach, layouts_for
+    from onnxprune.layouts.registry import option_label
+    from onnxprune.pipeline.analyse import analyse
 
     if not bound_seconds > 0:
         raise UserError(f"bound_seconds must be greater than 0, got {bound_seconds!r}")
@@ -488,19 +481,15 @@ def profile(
         model, model_name = model_input, "<onnx.ModelProto>"
     else:
         model, model_name = load_model(model_input), str(model_input)
-    prepared = prepare_model(model, fix)  # what prune analyses (graph/prepare.py)
-    model, fixed = prepared.model, prepared.fixed
-    bound = bind_input_shapes(model, _shapes(shapes, parse_shape_specs))
-    runtime = RuntimeConfig(provider=resolve_provider(provider), threads=threads)
-    for name in _names(layouts):
-        get_layout(name)  # raises with the available names listed
-    names = [n for n in (_names(layouts) or layouts_fast_on(runtime.provider)) if n != "dense"]
-    analysis = find_candidates(model, bound)
-    candidates, producers, found = list(analysis.candidates), set(), None
-    if "structure" in names:
-        analysis, candidates, producers, found = discover_and_attach(model, analysis, candidates)
-    options = {c.name: candidate_options(c, layouts_for(c, names, producers))
-               for c in candidates}
+    # The analysis prune runs (graph/prepare.py, candidates, structures, options); any target
+    # reads as "speedup mode", where every option of every layout is on the menu.
+    config = PruneConfig(speedup=2.0, layouts=_names(layouts), provider=provider,
+                         threads=threads, shapes=_shapes(shapes, parse_shape_specs),
+                         fix=dict(fix or {}))
+    graph = analyse(model, config, source=model_name, require_candidates=False)
+    model, bound, runtime, analysis = graph.model, graph.bound_shapes, graph.runtime, graph.analysis
+    candidates, producers, found = list(graph.candidates), graph.producers, graph.structures
+    names, options = list(graph.layouts), graph.options
     with _progress(progress) as callback:
         table = build_latency_table(
             model, analysis, options, runtime, cache_dir=cache_dir,
@@ -546,7 +535,7 @@ def profile(
                                  r["fastest_s"], r["structure"]) for r in rows),
         amdahl_bound=problem.amdahl_bound, amdahl_bound_spread=problem.bound_spread,
         dense_total_s=table.dense_total_s, base_s=table.base_s,
-        notes=tuple(bound.notes) + tuple(fixed.notes),
+        notes=tuple(bound.notes) + tuple(graph.fixed.notes),
         data=data,
     )
 

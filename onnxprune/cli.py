@@ -21,6 +21,7 @@ from onnxprune.config.settings import (
     DEFAULT_MAX_CHANNEL_ERROR,
     DEFAULT_MAX_ERROR,
     DEFAULT_MAX_METRIC_DROP,
+    PruneConfig,
 )
 from onnxprune.layouts.registry import LAYOUTS
 
@@ -118,23 +119,21 @@ def inspect(model_path: str, shapes: tuple[str, ...], provider: str, threads: in
     """List the prunable nodes of MODEL (by MACs), the channel structures found (channel chains,
     FFN neurons, attention heads), and every skipped node or structure-less producer with its
     reason."""
-    from onnxprune.common.runtime import resolve_provider
-    from onnxprune.graph.candidates import find_candidates
-    from onnxprune.graph.shapes import bind_input_shapes, parse_shape_specs
+    from onnxprune.graph.fold import parse_fix_specs
+    from onnxprune.graph.load import load_model
+    from onnxprune.graph.shapes import parse_shape_specs
+    from onnxprune.pipeline.analyse import analyse
     from onnxprune.report.inspect import analysis_to_json, render_inspect
     from onnxprune.report.jsonio import write_json
 
-    resolve_provider(provider)  # a typo in --provider is an error everywhere, even here
-    requested = parse_shape_specs(shapes)
-    from onnxprune.structures.context import discover_and_attach
-
-    prepared = _prepared(model_path, fixes)
-    model = prepared.model  # fp16/bf16: analysed as prune sees it (float32 twin)
-    analysis = find_candidates(model, bind_input_shapes(model, requested))
-    found = discover_and_attach(model, analysis, analysis.candidates)[3] \
-        if analysis.candidates else None
-    report = analysis_to_json(analysis, model_path, found)
-    report["fixed"] = prepared.fixed.to_json()
+    # The analysis prune runs (a typo in --provider is an error here too); fp16/bf16 models are
+    # analysed as prune sees them (the float32 twin), and structures are always looked for.
+    config = PruneConfig(speedup=2.0, provider=provider, shapes=parse_shape_specs(shapes),
+                         fix=parse_fix_specs(fixes))
+    graph = analyse(load_model(model_path), config, source=model_path, all_structures=True,
+                    require_candidates=False)
+    report = analysis_to_json(graph.analysis, model_path, graph.structures)
+    report["fixed"] = graph.fixed.to_json()
     if json_path != "-":
         render_inspect(out_console, report)
     if json_path:

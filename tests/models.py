@@ -170,7 +170,7 @@ def two_layer_model(
     ``activation`` is an ONNX unary op name, None, or "Gelu5" (GELU as five ops, as exported).
 
     The first layer's outputs feed the second MatMul through Add and an optional activation, the
-    path :func:`~onnxprune.graph.rewrite.fold_channel_restores` shrinks; ``residual`` adds a
+    path :func:`~onnxprune.graph.fold_restores.fold_channel_restores` shrinks; ``residual`` adds a
     second consumer of ``h`` (needs W2 square).
     """
     nodes = [

@@ -182,7 +182,7 @@ def test_structure_kinds_keep_only_structures_of_those_kinds(tmp_path, cache_dir
     assert {e.name: e.layout for e in kept.plan}["MatMul2"] in ("structure", "dense")
     # What the allocator may choose: the consumer its widths, the producer nothing of its own
     # (it shrinks with the structure), the first layer the run's block layout.
-    from onnxprune.pipeline.prune import _analyse
+    from onnxprune.pipeline.stages import analyse_file as _analyse
 
     config = PruneConfig(speedup=1.3, layouts=("block",), shapes={"input": (64, 64)},
                          overrides=(NodeOverride("MatMul2", structure_kinds=("ffn",)),))

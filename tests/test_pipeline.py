@@ -255,7 +255,7 @@ def test_a_rule_offering_structure_and_block_never_block_prunes_a_structure_prod
     from onnxprune.config.settings import NodeOverride
     from onnxprune.graph.candidates import find_candidates
     from onnxprune.graph.shapes import bind_input_shapes
-    from onnxprune.pipeline.prune import _options_for
+    from onnxprune.pipeline.analyse import _options_for
     from onnxprune.structures.context import discover_and_attach
 
     model = onnx.load(str(MODELS / "digits_mlp.onnx"))

@@ -31,8 +31,9 @@ from onnxprune.latency.anchor import (
     measure_bound,
     saving_scale_for,
 )
+from onnxprune.latency.cache import TimingCache
 from onnxprune.latency.source import MEASURED, TimingSource
-from onnxprune.latency.table import LatencyTable, TimingCache
+from onnxprune.latency.table import LatencyTable
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight
 from onnxprune.layouts.registry import LAYOUTS, option_label
 

@@ -16,7 +16,7 @@ from onnxprune.layouts.base import DEFAULT_LEVELS
 
 DEFAULT_PROVIDER = "cpu"
 STRUCTURE_KINDS = ("ffn", "conv-chain", "heads", "channels")
-"""The kinds of channel structure discovery reports (``structures/discover.py``)."""
+"""The kinds of channel structure discovery reports (``structures/``)."""
 DEFAULT_MAX_ERROR = 0.2
 """Default fidelity bound: the worst output's mean per-position relative error vs dense.
 

@@ -67,7 +67,7 @@ class AttachedStructure(Protocol):
 
     @property
     def structure(self) -> Any:
-        """The :class:`~onnxprune.structures.discover.Structure` itself."""
+        """The :class:`~onnxprune.structures.types.Structure` itself."""
 
     @property
     def producers(self) -> tuple[Candidate, ...]:

@@ -35,10 +35,11 @@ import onnx
 
 from onnxprune.common.runtime import RuntimeConfig
 from onnxprune.graph.candidates import Candidate
+from onnxprune.latency.cache import TimingCache, default_cache_dir, fingerprint, runtime_environment
 from onnxprune.latency.measure import SpeedResult
+from onnxprune.latency.random_masks import fastest_choice
 from onnxprune.latency.source import MEASURED, TimingSource
-from onnxprune.latency.table import TimingCache
-from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight, to_rows
+from onnxprune.layouts.base import LayoutOption
 
 logger = logging.getLogger("onnxprune")
 
@@ -113,56 +114,6 @@ class MeasuredBound:
                 "sessions": self.session_medians, "sessions_earlier": len(self.earlier)}
 
 
-def fastest_choice(
-    candidates: Sequence[Candidate],
-    options: Mapping[str, LayoutOption],
-    seed: int = 0,
-) -> dict[str, PrunedWeight]:
-    """A solution per non-dense ``options[name]`` with random masks (timing only, no data).
-
-    Structure options keep their first ``keep`` channels (which ones does not change the speed);
-    every other layout picks its mask from random scores with its own picker, as isolated timing
-    does (:class:`onnxprune.layouts.isolate.RandomMaskSolver`).
-    """
-    from onnxprune.layouts.isolate import RandomMaskSolver
-    from onnxprune.layouts.registry import get_layout
-
-    rng = np.random.default_rng(seed)
-    chosen: dict[str, PrunedWeight] = {}
-    for cand in candidates:
-        option = options.get(cand.name, DENSE)
-        if option.layout == DENSE.layout:
-            continue
-        if option.layout == "structure":
-            chosen[cand.name] = _structure_choice(cand, option)
-        else:
-            solver = RandomMaskSolver(to_rows(cand, cand.weight), rng)
-            chosen[cand.name] = get_layout(option.layout).solve(cand, solver, option)
-    return chosen
-
-
-def model_with_options(
-    model: onnx.ModelProto,
-    candidates: Sequence[Candidate],
-    options: Mapping[str, LayoutOption],
-    seed: int = 0,
-) -> onnx.ModelProto:
-    """``model`` with each candidate rewritten to ``options[name]`` (random masks, timing only):
-    the all-fastest model of the bound, or one candidate's option in context."""
-    from onnxprune.layouts.materialize import materialize
-
-    return materialize(model, candidates, fastest_choice(candidates, options, seed))
-
-
-def _structure_choice(candidate: Candidate, option: LayoutOption) -> PrunedWeight:
-    from onnxprune.layouts.structure import structure_mask
-
-    assert candidate.structure is not None
-    mask = structure_mask(candidate, np.arange(option.param("keep")))
-    weight = np.where(mask, candidate.weight, 0.0).astype(np.float32)
-    return PrunedWeight(option, mask, weight, 0.0)
-
-
 def bound_of(result: SpeedResult, earlier: Sequence[float] = ()) -> MeasuredBound:
     """The median over sessions (``earlier`` ones too), with ≈ 2 standard errors of it
     (relative) as its spread."""
@@ -191,8 +142,6 @@ class BoundHistory:
 
     def __init__(self, cache: TimingCache | None, dense: bytes, fastest: bytes,
                  feed: Mapping[str, np.ndarray], runtime: RuntimeConfig) -> None:
-        from onnxprune.latency.table import fingerprint, runtime_environment
-
         self.cache = cache
         self.meta = {"kind": "amdahl_bound", "dense": hashlib.sha256(dense).hexdigest(),
                      "fastest": hashlib.sha256(fastest).hexdigest(),
@@ -217,8 +166,6 @@ class BoundHistory:
 
 def bound_cache(cache_dir: Path | None) -> TimingCache:
     """Where :class:`BoundHistory` keeps its sessions: the latency cache."""
-    from onnxprune.latency.table import default_cache_dir
-
     return TimingCache(cache_dir or default_cache_dir())
 
 

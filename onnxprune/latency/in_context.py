@@ -25,6 +25,7 @@ import onnx
 from onnxprune.common.runtime import RuntimeConfig
 from onnxprune.graph.candidates import Candidate
 from onnxprune.latency.measure import bench_pair
+from onnxprune.latency.random_masks import model_with_options
 from onnxprune.layouts.base import DENSE, LayoutOption
 
 logger = logging.getLogger("onnxprune")
@@ -89,8 +90,6 @@ def saving_factor(
     Returns:
         The factor, and each sampled option's measured in-context saving in seconds.
     """
-    from onnxprune.latency.anchor import model_with_options
-
     dense_payload: bytes | None = None  # serialized on the first option not in the cache
     measured: dict[LayoutOption, float] = {}
     factors = []
@@ -114,4 +113,3 @@ def saving_factor(
     logger.info("%s (%d sites): in context its options save %.2fx what isolation predicts",
                 candidate.name, len(candidate.sites), factor)
     return factor, measured
-

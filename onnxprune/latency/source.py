@@ -20,8 +20,9 @@ import onnx
 
 from onnxprune.common.runtime import RuntimeConfig
 from onnxprune.graph.candidates import GraphAnalysis
+from onnxprune.latency.build import build_latency_table
 from onnxprune.latency.measure import SpeedResult, bench_sessions
-from onnxprune.latency.table import LatencyTable, build_latency_table
+from onnxprune.latency.table import LatencyTable
 from onnxprune.layouts.base import LayoutOption, PrunedWeight
 
 TableProgress = Callable[[int, int, str], None]

@@ -4,8 +4,8 @@ The node computes only its kept outputs; the original output shape is restored b
 the channel axis that maps removed channels to a zero channel, plus the full bias
 (:func:`~onnxprune.graph.rewrite.channel_restore`), so every consumer (residual Adds and Concats
 included) sees exactly the masked-dense output.
-:func:`~onnxprune.graph.rewrite.fold_channel_restores` can afterwards shrink the consumer instead
-where the path allows it.
+:func:`~onnxprune.graph.fold_restores.fold_channel_restores` can afterwards shrink the consumer
+instead where the path allows it.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.graph.candidates import Candidate
+from onnxprune.graph.fold_restores import fold_channel_restores
 from onnxprune.graph.load import stamp_ir_version
-from onnxprune.graph.rewrite import fold_channel_restores
 from onnxprune.layouts.base import Layout, PrunedWeight
 from onnxprune.layouts.registry import get_layout
 
@@ -77,7 +77,7 @@ def materialize(
         layout.materialize(graph, cand, solution)
     graph.cleanup().toposort()
     # Where a pruned channel's restore feeds another prunable node through elementwise ops only,
-    # shrink that consumer instead of restoring the shape (exact; see rewrite.py).
+    # shrink that consumer instead of restoring the shape (exact; see fold_restores.py).
     folded = fold_channel_restores(graph)
     if folded:
         logger.info("folded %d channel restore(s) into their consumers", folded)

@@ -3,10 +3,11 @@
 Everything after the allocation is a pure function of the input model, the calibration data, the
 settings that decide the candidates and the chosen options: the statistics, the (sequential) OBS
 reconstruction, the rewrite and the serialization. So applying a plan runs the pipeline's own
-stages — analyse, calibrate, solve only the chosen options, realize, check exactness, write — and
-skips the latency table, the search and the speed measurement. The digests in the plan guard the
-promise: a different input model or calibration set is refused (exit 2), and a reconstruction
-that picks different masks is reported as the internal error it would be.
+stages (``pipeline/stages.py``) — analyse, calibrate, solve only the chosen options, realize,
+check exactness, write — and skips the latency table, the search and the speed measurement. The
+digests in the plan guard the promise: a different input model or calibration set is refused
+(exit 2), and a reconstruction that picks different masks is reported as the internal error it
+would be.
 """
 
 from __future__ import annotations
@@ -33,23 +34,23 @@ def apply_plan(input_path: str | Path, output_path: str | Path, plan_path: str |
     """Write the model ``plan_path`` describes for ``input_path`` to ``output_path``.
 
     Returns:
-        The pipeline's :class:`~onnxprune.pipeline.prune.Report` (mode "apply"; nothing is timed).
+        The pipeline's :class:`~onnxprune.pipeline.result.Report` (mode "apply"; nothing is timed).
 
     Raises:
         UserError: the plan is unreadable, or the input model or calibration data differ from the
             ones the plan was made with (the message says which).
     """
-    from onnxprune.pipeline.prune import (
-        _analyse,
-        _calibrate,
-        _check_paths,
-        _finish,
-        _realizer,
-        _solve,
+    from onnxprune.pipeline.stages import (
+        analyse_file,
+        calibrate,
+        check_paths,
+        finish,
+        make_realizer,
+        solve,
     )
 
     started = time.monotonic()
-    in_path, out_path = _check_paths(input_path, output_path)
+    in_path, out_path = check_paths(input_path, output_path)
     if not in_path.is_file():
         raise UserError(f"no such file: {in_path}")
     plan = read_plan(plan_path)
@@ -62,7 +63,7 @@ def apply_plan(input_path: str | Path, output_path: str | Path, plan_path: str |
         raise UserError(f"the plan {plan_path} was made with calibration data "
                         f"({plan.calibration_samples} samples): pass the same --calib")
     config = plan.prune_config(calib_dir, calib_reader)
-    graph, report = _analyse(in_path, out_path, config)
+    graph, report = analyse_file(in_path, out_path, config)
     report.mode = "apply"
     report.target_speedup = None
     names = {c.name for c in graph.candidates}
@@ -70,7 +71,7 @@ def apply_plan(input_path: str | Path, output_path: str | Path, plan_path: str |
         raise UserError(f"the plan {plan_path} does not match the candidates found in {in_path} "
                         f"(missing: {sorted(names - set(plan.choices))[:3]}, unknown: "
                         f"{sorted(set(plan.choices) - names)[:3]})")
-    data = _calibrate(graph, config, report)
+    data = calibrate(graph, config, report)
     found = calibration_digest(data.calib)
     if found != plan.calibration_sha256:
         what = "no calibration data" if data.calib is None else \
@@ -80,10 +81,10 @@ def apply_plan(input_path: str | Path, output_path: str | Path, plan_path: str |
             f"{plan.calibration_samples} samples, sha256 {plan.calibration_sha256[:12]}…"
         raise UserError(f"{what} is not what the plan {plan_path} was made with ({planned})")
     options = {name: [choice.option] for name, choice in plan.choices.items()}
-    database = _solve(graph, data, options, report, progress)
+    database = solve(graph, data, options, report, progress)
     chosen = {name: solutions[0] for name, solutions in database.items()}
     # A plan is made with global recovery off (time-budgeted, so not reproducible).
-    realizer = _realizer(dataclasses.replace(config, recover=False), graph, data, progress)
+    realizer = make_realizer(dataclasses.replace(config, recover=False), graph, data, progress)
     attempt = realizer.realize(chosen)
     for name, solution in attempt.chosen.items():
         if mask_digest(solution.mask) != plan.choices[name].mask_sha256:
@@ -91,5 +92,5 @@ def apply_plan(input_path: str | Path, output_path: str | Path, plan_path: str |
                 f"{name}: the re-solved mask differs from the plan's; the reconstruction is not "
                 "deterministic on this machine (please report it)")
     report.notes.append(f"applied the plan {plan_path} (nothing timed)")
-    return _finish(attempt, report, realizer, data.calib, out_path, started)
+    return finish(attempt, report, realizer, data.calib, out_path, started)
 

@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from onnxprune.graph.candidates import GraphAnalysis
-from onnxprune.structures.discover import StructureAnalysis
+from onnxprune.structures.types import StructureAnalysis
 
 
 def _shape(shape: tuple[int, ...] | list[int]) -> str:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from onnxprune.fidelity import describe
 from onnxprune.layouts.registry import option_label
-from onnxprune.pipeline.prune import Report
+from onnxprune.pipeline.result import Report
 
 
 def _ms(seconds: float | None) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import onnx
 
 from onnxprune.graph.candidates import Candidate, GraphAnalysis
-from onnxprune.structures.discover import BlockedStructure, Structure, StructureAnalysis
+from onnxprune.structures.types import BlockedStructure, Structure, StructureAnalysis
 
 
 @dataclass(frozen=True, eq=False)

@@ -22,7 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.graph.candidates import Candidate
-from onnxprune.structures.discover import Structure
+from onnxprune.structures.types import Structure
 
 
 @dataclass(frozen=True)

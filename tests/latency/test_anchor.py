@@ -12,8 +12,9 @@ import pytest
 from onnxprune.allocate.budget import AllocationProblem
 from onnxprune.graph.candidates import find_candidates
 from onnxprune.graph.shapes import bind_input_shapes
-from onnxprune.latency.anchor import MeasuredBound, model_with_options, saving_scale_for
+from onnxprune.latency.anchor import MeasuredBound, saving_scale_for
 from onnxprune.latency.measure import PairResult, SpeedResult
+from onnxprune.latency.random_masks import model_with_options
 from onnxprune.latency.table import CandidateLatency, LatencyTable
 from onnxprune.layouts.base import DENSE, LayoutOption
 from onnxprune.layouts.registry import candidate_options

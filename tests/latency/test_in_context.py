@@ -11,7 +11,7 @@ from onnxprune.common.runtime import RuntimeConfig
 from onnxprune.graph.candidates import find_candidates
 from onnxprune.graph.shapes import bind_input_shapes
 from onnxprune.latency import in_context
-from onnxprune.latency.anchor import model_with_options
+from onnxprune.latency.random_masks import model_with_options
 from onnxprune.layouts.base import DENSE, LayoutOption
 from onnxprune.layouts.registry import candidate_options
 from tests.latency.builders import unrolled_rnn

@@ -13,18 +13,14 @@ import pytest
 from onnxprune.common.runtime import RuntimeConfig
 from onnxprune.graph.candidates import find_candidates
 from onnxprune.graph.shapes import bind_input_shapes
+from onnxprune.latency.build import build_latency_table
+from onnxprune.latency.cache import fingerprint, runtime_environment
+from onnxprune.latency.in_graph import _base_and_scale
+from onnxprune.latency.isolated import site_signature
 from onnxprune.latency.measure import Timing, time_model
 from onnxprune.latency.profile import ModelProfile, profile_model
-from onnxprune.latency.table import (
-    REFINE_SESSIONS,
-    CandidateLatency,
-    LatencyTable,
-    _base_and_scale,
-    build_latency_table,
-    fingerprint,
-    runtime_environment,
-    site_signature,
-)
+from onnxprune.latency.refine import REFINE_SESSIONS
+from onnxprune.latency.table import CandidateLatency, LatencyTable
 from onnxprune.layouts.base import DENSE, LayoutOption
 from tests.latency.builders import dense_isolated, mlp
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from onnxprune.graph.rewrite import fold_channel_restores
+from onnxprune.graph.fold_restores import fold_channel_restores
 from onnxprune.layouts.base import LayoutOption
 from onnxprune.layouts.channel import Channel
 from tests.layouts.common import (

@@ -9,7 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
-from onnxprune.graph import rewrite
+from onnxprune.graph import fold_restores, rewrite
 from onnxprune.graph.load import load_model, stamp_ir_version
 from onnxprune.layouts.base import to_rows
 from onnxprune.layouts.isolate import RandomMaskSolver
@@ -54,7 +54,7 @@ def test_all_candidates_rewritten_match_masked_dense(stem, layout_name):
     for candidate, pruned in solved:
         layout.materialize(rewritten, candidate, pruned)
         rewrite.replace_weight(reference, candidate, pruned.weight)
-    folded_count = rewrite.fold_channel_restores(rewritten) if layout_name == "channel" else 0
+    folded_count = fold_restores.fold_channel_restores(rewritten) if layout_name == "channel" else 0
     out, ref = _export(rewritten), _export(reference)
     for batch in (INPUTS[stem][0], 3):
         x = np.random.default_rng(batch).random((batch, *INPUTS[stem][1:]), dtype=np.float32)

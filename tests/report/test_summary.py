@@ -7,7 +7,7 @@ import numpy as np
 from rich.console import Console
 
 from onnxprune.fidelity import FidelityBound, compare, load_metric
-from onnxprune.pipeline.prune import Report
+from onnxprune.pipeline.result import Report
 from onnxprune.report.summary import render_report
 
 

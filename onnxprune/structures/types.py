@@ -1,0 +1,125 @@
+"""The value objects of channel structures: what discovery finds, and what every later stage reads.
+
+A structure is plain data (Torch-Pruning's group: tensors, axes, indices), so the readers —
+``structures/context.py`` attaching it to candidates, ``structures/shrink.py`` cutting it,
+``layouts/structure.py`` offering its widths, ``report/inspect.py`` listing it — depend on this
+module alone and not on how structures are found (``structures/discover.py``, ``rules.py``,
+``heads.py``), which can change without touching them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ConstantSlice:
+    """A constant input of a member op that holds one value (or group) per channel.
+
+    Attributes:
+        node: the member node's name.
+        input_index: which of its inputs holds the constant.
+        axis: the constant's axis that runs over the channels.
+        group: consecutive entries per channel along that axis.
+    """
+
+    node: str
+    input_index: int
+    axis: int
+    group: int
+
+
+@dataclass(frozen=True)
+class ShapeEdit:
+    """A constant shape entry that names the channel count: ``node.input[input_index]``'s element
+    ``position`` becomes ``width · group`` (a Reshape target, or one piece of a Concat that
+    builds it).
+
+    ``known`` is the piece's value when it is computed at run time from a static dimension
+    (TorchScript exports build ``[batch, seq, Shape(x)[2]]``): it is then replaced by a constant.
+    """
+
+    node: str
+    position: int
+    group: int
+    input_index: int = 1
+    known: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Structure:
+    """Channels tied from one producer to one consumer (see :mod:`onnxprune.structures.discover`).
+
+    Attributes:
+        name: a readable name, ``<producer> -> <consumer>``.
+        kind: "ffn" (MatMul/Gemm to MatMul/Gemm), "conv-chain" (Conv to Conv, through depthwise
+            convs when there are some) or "channels" (any other pairing).
+        producers: the producer candidates' names (their output channels go): one, or the Q, K
+            and V projections of an attention block.
+        consumer: the consumer candidate's name (its input channels go).
+        members: the pass-through nodes between them, in graph order.
+        width: the number of channels.
+        consumer_group: consecutive rows of the consumer's canonical weight per channel
+            (MatMul/Gemm: features per channel, 1 unless a flatten merged spatial dims in).
+        slices: per-channel constants of members to cut with the channels.
+        depthwise: depthwise Conv members (their weight, bias and ``group`` shrink).
+        batchnorms: BatchNormalization members (their four parameters shrink).
+        reshapes: constant shape entries that name the channel count.
+        producer_group: consecutive output columns per channel in each producer (a head's
+            ``head_dim``; 1 otherwise).
+        external_inputs: (name, shape, elem type) of run-time tensors the structure reads besides
+            the producers' activation (an attention mask), for its isolated subgraph.
+        fixed_shapes: (Reshape node, concrete target with -1 at the channel axis) for Reshapes
+            whose target is computed at run time, so the isolated subgraph runs at any width.
+    """
+
+    name: str
+    kind: str
+    producers: tuple[str, ...]
+    consumer: str
+    members: tuple[str, ...]
+    width: int
+    consumer_group: int = 1
+    slices: tuple[ConstantSlice, ...] = ()
+    depthwise: tuple[str, ...] = ()
+    batchnorms: tuple[str, ...] = ()
+    reshapes: tuple[ShapeEdit, ...] = ()
+    producer_group: int = 1
+    external_inputs: tuple[tuple[str, tuple[int, ...], int], ...] = ()
+    fixed_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    @property
+    def producer(self) -> str:
+        """The first producer (the only one, except for attention heads: Q, K and V)."""
+        return self.producers[0]
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return (*self.producers, *self.members, self.consumer)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "producers": list(self.producers),
+                "consumer": self.consumer, "members": list(self.members), "width": self.width,
+                "channel_size": self.consumer_group}
+
+
+@dataclass(frozen=True)
+class BlockedStructure:
+    """A producer whose output channels cannot form a structure, and why."""
+
+    producer: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StructureAnalysis:
+    """Result of :func:`find_structures`."""
+
+    structures: tuple[Structure, ...]
+    blocked: tuple[BlockedStructure, ...] = field(default=())
+
+    def by_consumer(self) -> dict[str, Structure]:
+        return {s.consumer: s for s in self.structures}
+
+    def by_producer(self) -> dict[str, Structure]:
+        return {s.producer: s for s in self.structures}
