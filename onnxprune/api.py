@@ -213,7 +213,8 @@ def prune(
         verify_seconds: wall-clock budget of one speed measurement.
         verify_rounds: how often the budget is tightened after a measured miss.
         sequential: feed already-pruned activations forward when collecting statistics.
-        error_feedback: re-solve each layer toward the dense model's output of it.
+        error_feedback: also re-solve each layer toward the dense model's output of it; the
+            search split keeps whichever re-solve scores better.
         recover: global recovery (torch, the ``recover`` extra) after the one-shot solve.
         recover_seconds: its time budget per realized model (None: sized to the model).
         dry_run: plan and predict only; nothing is written.

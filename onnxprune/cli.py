@@ -264,8 +264,9 @@ def bench(model_a: str, model_b: str, shapes: tuple[str, ...], provider: str,
               help="Time budget of global recovery per realized model [default: about 400 "
                    "optimizer steps, 10-120 s].")
 @click.option("--error-feedback/--no-error-feedback", default=True, show_default=True,
-              help="Re-solve each pruned layer toward the dense model's output of it (not its "
-                   "own output on the pruned input), so it absorbs the error upstream.")
+              help="Also re-solve each pruned layer toward the dense model's output of it (not "
+                   "its own output on the pruned input), so it absorbs the error upstream; the "
+                   "held-out search samples keep whichever re-solve scores better.")
 @click.option("--verify-sessions", type=int, default=5, show_default=True, metavar="N",
               help="Fresh ONNX Runtime session pairs the final speed check runs in; the target "
                    "must hold for their lower quartile.")

@@ -115,8 +115,9 @@ class PruneConfig:
         verify_rounds: how many times to tighten the budget after a measured miss.
         cache_dir: latency-table cache (None: the user cache folder).
         sequential: feed already-pruned activations forward when collecting statistics.
-        error_feedback: the sequential re-solve targets the dense model's output of each layer
-            (``min ‖Ŵ·X_pruned − W·X_dense‖``), so each layer absorbs the error upstream of it.
+        error_feedback: also re-solve sequentially toward the dense model's output of each
+            layer (``min ‖Ŵ·X_pruned − W·X_dense‖``), so each layer absorbs the error upstream;
+            the search split keeps whichever re-solve scores better (docs/recovery.md).
         recover: global recovery after the one-shot solve (every remaining weight tuned
             together toward the dense outputs, masks fixed; needs torch: the ``recover`` extra).
         recover_seconds: its time budget per realized model (None: sized to the model).

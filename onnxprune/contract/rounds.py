@@ -159,6 +159,8 @@ class _Loop:
             row["within_bound"] = self.within(attempt)
         if attempt.measured is not None:
             row.update(measured=attempt.measured.speedup, measured_low=attempt.measured.speedup_low)
+        if attempt.feedback is not None:
+            row["error_feedback"] = attempt.feedback
         if attempt.recovery is not None:
             row["recovery"] = attempt.recovery
         self.rounds.append(row)

@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from onnxprune.allocate.budget import AllocationProblem, format_unreachable
-from onnxprune.allocate.loss import fidelity_scorer
 from onnxprune.calib.dataset import CalibSet
 from onnxprune.common.errors import TargetUnreachableError, UserError
 from onnxprune.config.settings import PruneConfig
@@ -136,11 +135,8 @@ def _speedup_mode(config: PruneConfig, problem: AllocationProblem,
             raise TargetUnreachableError(format_unreachable(problem, config.speedup))
         chosen = {c.name: database[c.name][j] for c, j in zip(candidates, choice, strict=True)}
         return _dry(report, candidates, chosen, problem, started)
-    search_scorer = (fidelity_scorer(data.runner, search, data.measure.metric)
-                     if data.runner is not None and search is not None and data.measure is not None
-                     else None)
     result = run_contract(config, problem, candidates, database, realizer, bound=bound,
-                          search_fidelity=search_scorer, measure=data.measure,
+                          search_fidelity=realizer.search_scorer, measure=data.measure,
                           search_samples=search.samples if search else 0, progress=progress)
     report.rounds = list(result.rounds)
     report.search = result.search

@@ -74,4 +74,6 @@ class Report:
     dense_time: dict | None = None
     # Global recovery of the written (or refused) model: Recovery.to_json() plus "kept".
     recovery: dict | None = None
+    # Whether the error-feedback re-solve was kept over the plain one (search-split losses).
+    error_feedback: dict | None = None
 

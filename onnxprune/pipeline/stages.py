@@ -136,13 +136,20 @@ def analyse_file(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[An
 
 
 def make_realizer(config: PruneConfig, graph: Analysed, data: Calibrated,
-              progress: Progress | None, timing: TimingSource = MEASURED,
-              report: Report | None = None) -> Realizer:
-    """The stage that materializes, checks, recovers and measures a choice of every candidate."""
+                  progress: Progress | None, timing: TimingSource = MEASURED,
+                  report: Report | None = None) -> Realizer:
+    """The stage that materializes, checks, recovers and measures a choice of every candidate.
+
+    Its search-split scorer (dense outputs computed once) also serves the contract's search."""
+    search_scorer = None
+    if data.runner is not None and data.search is not None and data.measure is not None \
+            and data.search.samples > 0:
+        search_scorer = fidelity_scorer(data.runner, data.search, data.measure.metric)
     return Realizer(
         config, graph.model, graph.dense_payload, graph.candidates, graph.runtime, data.feeds,
         _configured_layouts(config), runner=data.runner, fit=data.fit,
-        verify_scorer=data.verify_scorer, progress=progress, precision=graph.precision,
+        verify_scorer=data.verify_scorer, search_scorer=search_scorer, progress=progress,
+        precision=graph.precision,
         timing=timing,
         recovery=recovery_stage(config, data.runner, data.fit, data.search, report),
         bound_measure=data.measure,
@@ -293,8 +300,10 @@ def finish(attempt: Attempt, report: Report, realizer: Realizer, calib: CalibSet
     report.exactness = check_exact(checked, reference, attempt.weights, check_feed,
                                    **({"rtol": LOW_PRECISION_RTOL} if realizer.precision else {}))
     report.recovery = attempt.recovery
-    if (line := attempt.recovery_note()) is not None:
-        report.notes.append(line)
+    report.error_feedback = attempt.feedback
+    for line in (attempt.feedback_note(), attempt.recovery_note()):
+        if line is not None:
+            report.notes.append(line)
     report.fidelity = attempt.fidelity
     if report.bound is not None and attempt.fidelity is not None:
         report.within_bound = report.bound.holds(attempt.fidelity)

@@ -48,6 +48,8 @@ def report_to_json(report: Report) -> dict:
         "rounds": report.rounds,
         "calibration": report.calibration,
         "search": report.search,
+        "error_feedback": report.error_feedback,
+        "recovery": report.recovery,
         "max_relative_difference_vs_masked_dense": report.exactness,
         "weights_before": sum(layer.weights_before for layer in report.layers),
         "weights_after": sum(layer.weights_after for layer in report.layers),
