@@ -34,6 +34,11 @@ def analysis_to_json(analysis: GraphAnalysis, model_path: str,
             {"producer": b.producer, "reason": b.reason, "macs": macs.get(b.producer, 0)}
             for b in (structures.blocked if structures else ())
         ],
+        "groups": [
+            {**g.to_json(), "macs": sum(macs.get(n, 0) for n in g.nodes)}
+            for g in (structures.groups if structures else ())
+        ],
+        "outside": _outside(analysis, structures) if structures else [],
         "model": model_path,
         "inputs": {i.name: list(i.shape) for i in analysis.bound.inputs},
         "notes": list(analysis.bound.notes),
@@ -59,6 +64,18 @@ def analysis_to_json(analysis: GraphAnalysis, model_path: str,
             for s in analysis.skipped
         ],
     }
+
+
+def _outside(analysis: GraphAnalysis, structures: StructureAnalysis) -> list[dict]:
+    """Every producer whose output channels are in no structure and no group, heaviest first,
+    with the reason its group could not close (else the reason of its plain structure)."""
+    inside = {p for s in (*structures.structures, *structures.groups) for p in s.producers}
+    reasons = {b.producer: b.reason for b in structures.blocked}
+    reasons.update((b.producer, b.reason) for b in structures.groups_blocked)
+    macs = {c.name: c.macs for c in analysis.candidates}
+    rows = [{"producer": name, "reason": reason, "macs": macs.get(name, 0)}
+            for name, reason in reasons.items() if name not in inside]
+    return sorted(rows, key=lambda row: -row["macs"])
 
 
 def render_inspect(console: Console, report: dict) -> None:
@@ -92,10 +109,21 @@ def render_inspect(console: Console, report: dict) -> None:
                             str(item["width"]), f"{item['channel_size']} col",
                             str(len(item["members"])), _macs(item["macs"]))
         console.print(listing)
-    blocked = report.get("structures_blocked") or []
-    if blocked:
-        console.print(f"no structure from ({len(blocked)}), heaviest first:")
-        for item in sorted(blocked, key=lambda b: -b["macs"]):
+    groups = report.get("groups") or []
+    if groups:
+        listing = Table(title=f"Coupled groups ({len(groups)}): channels shared across residual "
+                              "Adds or consumers (found; not pruned yet)", title_justify="left")
+        for column in ("kind", "producers", "consumers", "width", "couplers", "MACs"):
+            listing.add_column(column, overflow="fold")
+        for item in groups:
+            listing.add_row(item["kind"], ", ".join(item["producers"]),
+                            ", ".join(item["consumers"]), str(item["width"]),
+                            str(len(item["couplers"])), _macs(item["macs"]))
+        console.print(listing)
+    outside = report.get("outside") or []
+    if outside:
+        console.print(f"no structure or group from ({len(outside)}), heaviest first:")
+        for item in outside:
             console.print(f"  {item['producer']}: {item['reason']}", markup=False)
     if report["skipped"]:
         skipped = Table(title=f"Not pruned ({len(report['skipped'])})", title_justify="left")

@@ -12,7 +12,9 @@ compensates), and anything else **blocks** the structure, with a reason.
 
 Every channel structure has exactly one producer and one consumer, each a single-site candidate.
 **Attention heads** are matched as a pattern instead (:mod:`onnxprune.structures.heads`), and
-merged here with the channel structures: a node belongs to one structure at most.
+merged here with the channel structures: a node belongs to one structure at most. Channels
+tied across residual Adds or read by several consumers form **groups**
+(:mod:`onnxprune.structures.groups`), closed last, around the structures.
 
 This module is the assembly only: which producers to follow, the walk's queue, the checks once a
 walk ends (joins, one consumer) and the merge. The per-op rules, the head pattern and the value
@@ -29,6 +31,7 @@ import onnx
 
 from onnxprune.graph.candidates import Candidate, GraphAnalysis
 from onnxprune.structures.graphview import Blocked, GraphView
+from onnxprune.structures.groups import find_groups
 from onnxprune.structures.heads import find_heads
 from onnxprune.structures.rules import Walk, step
 from onnxprune.structures.types import BlockedStructure, Structure, StructureAnalysis
@@ -78,7 +81,9 @@ def find_structures(
         taken.update(structure.members)
         found.append(structure)
         blocked = [b for b in blocked if b.producer not in structure.producers]
-    return StructureAnalysis(tuple(found), tuple(blocked) + tuple(heads_blocked))
+    groups, groups_blocked = find_groups(graph, single, candidates, found)
+    return StructureAnalysis(tuple(found), tuple(blocked) + tuple(heads_blocked), tuple(groups),
+                             tuple(groups_blocked))
 
 
 def _follow(graph: GraphView, producer: Candidate, single: Mapping[str, Candidate],

@@ -22,7 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.graph.candidates import Candidate
-from onnxprune.structures.types import Structure
+from onnxprune.structures.types import ChannelGroup, Structure
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,12 @@ class StructureCut:
         kept: ascending indices of the kept channels.
     """
 
-    structure: Structure
+    structure: Structure | ChannelGroup
     kept: np.ndarray
 
 
-def consumer_rows(structure: Structure, candidate: Candidate, kept: np.ndarray) -> np.ndarray:
+def consumer_rows(structure: Structure | ChannelGroup, candidate: Candidate,
+                  kept: np.ndarray) -> np.ndarray:
     """Indices along the consumer's canonical reduction axis that belong to the kept channels.
 
     MatMul/Gemm: rows of W[K, N] (``consumer_group`` per channel). Conv: input channels of
@@ -46,7 +47,7 @@ def consumer_rows(structure: Structure, candidate: Candidate, kept: np.ndarray) 
     """
     if candidate.op == "Conv":
         return np.asarray(kept, dtype=np.int64)
-    group = structure.consumer_group
+    group = structure.group_of(candidate.name)
     return (np.asarray(kept, dtype=np.int64)[:, None] * group + np.arange(group)).reshape(-1)
 
 
@@ -130,10 +131,11 @@ def apply_cuts(
             canonical[name] = w[columns] if producer.op == "Conv" else w[:, columns]
             if biases[name] is not None:
                 biases[name] = biases[name][columns]
-        consumer = candidates[structure.consumer]
-        w = current(consumer.name)
-        rows = consumer_rows(structure, consumer, kept)
-        canonical[consumer.name] = w[:, rows] if consumer.op == "Conv" else w[rows]
+        for name in structure.consumers:
+            consumer = candidates[name]
+            w = current(name)
+            rows = consumer_rows(structure, consumer, kept)
+            canonical[name] = w[:, rows] if consumer.op == "Conv" else w[rows]
         _cut_members(model, nodes, writer, structure, kept)
     for name in weights:
         current(name)
@@ -146,7 +148,7 @@ def apply_cuts(
 
 
 def _cut_members(model: onnx.ModelProto, nodes: Mapping[str, onnx.NodeProto], writer: _Writer,
-                 structure: Structure, kept: np.ndarray) -> None:
+                 structure: Structure | ChannelGroup, kept: np.ndarray) -> None:
     width = len(kept)
     for cut in structure.slices:
         node = nodes[cut.node]
@@ -208,8 +210,8 @@ def remove_dangling(model: onnx.ModelProto) -> None:
         graph.initializer.remove(tensor)
 
 
-def masked_consumer_weight(structure: Structure, candidate: Candidate, weight: np.ndarray,
-                           kept: np.ndarray) -> np.ndarray:
+def masked_consumer_weight(structure: Structure | ChannelGroup, candidate: Candidate,
+                           weight: np.ndarray, kept: np.ndarray) -> np.ndarray:
     """``weight`` with every removed channel's rows zeroed (the masked-dense reference)."""
     mask = np.zeros(weight.shape[1] if candidate.op == "Conv" else weight.shape[0], bool)
     mask[consumer_rows(structure, candidate, kept)] = True

@@ -97,10 +97,68 @@ class Structure:
     def nodes(self) -> tuple[str, ...]:
         return (*self.producers, *self.members, self.consumer)
 
+    @property
+    def consumers(self) -> tuple[str, ...]:
+        """The consumers (one; a :class:`ChannelGroup` has several), for code that cuts both."""
+        return (self.consumer,)
+
+    def group_of(self, consumer: str) -> int:
+        """Consecutive rows of ``consumer``'s canonical weight per channel."""
+        return self.consumer_group
+
     def to_json(self) -> dict:
         return {"name": self.name, "kind": self.kind, "producers": list(self.producers),
                 "consumer": self.consumer, "members": list(self.members), "width": self.width,
                 "channel_size": self.consumer_group}
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelGroup:
+    """Channels tied across a coupler: several producers write them, several consumers read them
+    (see :mod:`onnxprune.structures.groups`). DepGraph's group, on the ONNX graph.
+
+    A residual Add (or Mul of two computed operands) makes every producer whose output meets there
+    share the channel indices, and a tensor read by several prunable nodes makes them share the
+    rows: removing channel *k* removes producer columns *k* of every producer, rows *k* of every
+    consumer and entry *k* of every per-channel constant between them, at once.
+
+    Attributes:
+        name: a readable name, ``group of <first producer> (<n> producers, <m> consumers)``.
+        kind: "residual" when a coupler ties several producers, else "fan-out" (one producer read
+            by several consumers).
+        producers: the producer candidates (their output channels go), in graph order.
+        consumers: the consumer candidates (their input rows go), in graph order.
+        consumer_groups: consecutive canonical rows per channel of each consumer (same order).
+        couplers: the binary nodes with two computed operands that tie the producers.
+        members, width, slices, depthwise, batchnorms, reshapes: as for :class:`Structure`.
+    """
+
+    name: str
+    kind: str
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    consumer_groups: tuple[int, ...]
+    couplers: tuple[str, ...]
+    members: tuple[str, ...]
+    width: int
+    slices: tuple[ConstantSlice, ...] = ()
+    depthwise: tuple[str, ...] = ()
+    batchnorms: tuple[str, ...] = ()
+    reshapes: tuple[ShapeEdit, ...] = ()
+    producer_group: int = 1
+
+    def group_of(self, consumer: str) -> int:
+        return self.consumer_groups[self.consumers.index(consumer)]
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Every node that shrinks with the group (a node both producer and consumer once)."""
+        return tuple(dict.fromkeys((*self.producers, *self.members, *self.consumers)))
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "producers": list(self.producers),
+                "consumers": list(self.consumers), "couplers": list(self.couplers),
+                "members": list(self.members), "width": self.width}
 
 
 @dataclass(frozen=True)
@@ -117,6 +175,10 @@ class StructureAnalysis:
 
     structures: tuple[Structure, ...]
     blocked: tuple[BlockedStructure, ...] = field(default=())
+    groups: tuple[ChannelGroup, ...] = field(default=())
+    """Coupled groups found (not yet offered to the allocator: see docs/structures.md)."""
+    groups_blocked: tuple[BlockedStructure, ...] = field(default=())
+    """Why the channels of producers outside every structure and group cannot form a group."""
 
     def by_consumer(self) -> dict[str, Structure]:
         return {s.consumer: s for s in self.structures}

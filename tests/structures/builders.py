@@ -133,3 +133,76 @@ def conv_chain(width: int, ops: Sequence[str], seed: int = 0, flatten: bool = Fa
             name="conv_b", pads=[1, 1, 1, 1]))
         out = tensor("y", ["batch", c_out, "h", "w"])
     return make_model(chain.nodes, [tensor("x", ["batch", c_in, size, size])], [out], chain.inits)
+
+
+BLOCKS = ("bottleneck", "downsample", "single", "se")
+"""Residual blocks :func:`residual_net` draws from (see there)."""
+BLOCK_OPS = tuple(op for op in CONV_OPS if op != "pad")
+"""Ops inside a residual block: any that keep the spatial size (the Add needs it)."""
+
+
+def residual_net(width: int, blocks: Sequence[str], ops: Sequence[str] = ("relu",),
+                 seed: int = 0, c_in: int = 3, hidden: int = 6, size: int = 6,
+                 ) -> onnx.ModelProto:
+    """x [batch, c_in, s, s] → stem Conv(→width) → blocks → Conv(width→5) → y: a ResNet's shape.
+
+    Blocks (each keeps the stream's ``width``):
+      * "bottleneck": ``s + Conv3x3(ops(Conv1x1(s)))`` — a residual Add of the stream and a new
+        producer;
+      * "downsample": ``Conv3x3(ops(Conv1x1(s))) + Conv1x1(s)`` — a ResNet's projection shortcut:
+        the old stream has two consumers, the new one two producers;
+      * "single": ``s + Conv1x1(s)`` — one Conv both reads and writes the stream;
+      * "se": ``s · Sigmoid(Conv(Relu(Conv(GlobalAveragePool(s)))))`` — squeeze-excitation, a
+        Mul of two computed operands.
+    ``ops`` run after every block's first conv (names from :data:`BLOCK_OPS`, at width ``hidden``).
+    """
+    rng = np.random.default_rng(seed)
+    chain = _Chain(rng)
+
+    def conv(x: str, c_out: int, c_in: int, k: int = 1) -> str:
+        weight = chain.const(rng.standard_normal((c_out, c_in, k, k)) / np.sqrt(c_in * k * k),
+                             "w")
+        pads = [k // 2] * 4
+        return chain.node("Conv", [x, weight, chain.const(rng.standard_normal(c_out) * 0.1)],
+                          pads=pads)
+
+    s = chain.ops(conv("x", width, c_in, 3), ["bn", "relu"], width, conv=True)
+    for block in blocks:
+        if block == "se":
+            squeeze = chain.node("Relu", [conv(chain.node("GlobalAveragePool", [s]), hidden,
+                                               width)])
+            s = chain.node("Mul", [s, chain.node("Sigmoid", [conv(squeeze, width, hidden)])])
+            continue
+        if block == "single":
+            s = chain.node("Add", [s, conv(s, width, width)])
+            continue
+        inner = conv(chain.ops(conv(s, hidden, width), ops, hidden, conv=True), width, hidden, 3)
+        shortcut = conv(s, width, width) if block == "downsample" else s
+        s = chain.node("Relu", [chain.node("Add", [inner, shortcut])])
+    chain.nodes.append(helper.make_node(
+        "Conv", [s, chain.const(rng.standard_normal((5, width, 1, 1)), "w_head")], ["y"],
+        name="head"))
+    return make_model(chain.nodes, [tensor("x", ["batch", c_in, size, size])],
+                      [tensor("y", ["batch", 5, size, size])], chain.inits)
+
+
+def residual_mlp(width: int, blocks: int, seed: int = 0, d_in: int = 12, hidden: int = 10,
+                 norm: bool = False) -> onnx.ModelProto:
+    """x [batch, seq, d_in] → MatMul(→width) → ``blocks`` × (s + FFN(s)) → MatMul(→10) → y: a
+    transformer's residual stream without its normalizations (``norm``: a LayerNorm after every
+    Add, as in post-LN encoders, which must block the stream)."""
+    rng = np.random.default_rng(seed)
+    chain = _Chain(rng)
+    s = chain.node("MatMul", ["x", chain.const(rng.standard_normal((d_in, width)), "w")])
+    for _ in range(blocks):
+        up = chain.node("MatMul", [s, chain.const(rng.standard_normal((width, hidden)), "w")])
+        down = chain.node("MatMul", [chain.node("Relu", [up]),
+                                     chain.const(rng.standard_normal((hidden, width)), "w")])
+        s = chain.node("Add", [s, down])
+        if norm:
+            s = chain.node("LayerNormalization", [s, chain.const(np.ones(width)),
+                                                  chain.const(np.zeros(width))], axis=-1)
+    chain.nodes.append(helper.make_node(
+        "MatMul", [s, chain.const(rng.standard_normal((width, 10)), "w_out")], ["y"], name="out"))
+    return make_model(chain.nodes, [tensor("x", ["batch", "seq", d_in])],
+                      [tensor("y", ["batch", "seq", 10])], chain.inits)
