@@ -525,9 +525,9 @@ def profile(
         "unattributed_s": max(table.dense_total_s - table.profile.to_total(table.overhead_s)
                               * sum(table.profile.node_times.values()), 0.0)
         if table.profile else None,
-        "structures": [s.to_json() for s in found.structures] if found else [],
+        "structures": [s.to_json() for s in found.found] if found else [],
         "structures_blocked": [{"producer": b.producer, "reason": b.reason}
-                               for b in found.blocked] if found else [],
+                               for b in found.unstructured] if found else [],
         "timings_run": table.timings_run, "timings_cached": table.timings_cached,
         "fingerprint": table.fingerprint, "environment": dict(table.environment),
     }

@@ -201,42 +201,48 @@ class AllocationProblem:
                          scale: float | None = None) -> float:
         """Seconds the additive table over-saves where one node shrinks on both sides.
 
-        A node that consumes one structure and produces the next appears in both structures'
-        savings, about ``t(1 − r_in)`` and ``t(1 − r_out)``. Measured, the plain sum predicts
-        well at moderate widths (digits CNN at 2x: predicted 2.07x, measured 2.02x; MNIST CNN:
-        the FLOP-overlap correction predicted 2.05x where 2.53x was measured), because small
-        kernels shrink sub-linearly. What it must not do is save more than the node costs: the
-        middle node's part of each measured saving (by its share of the structure's dense time)
-        is summed, and what exceeds the node's own time is added back. The DP stays additive;
-        the allocation loop re-aims until this corrected prediction reaches the goal, and the
-        verify loop corrects what remains.
+        A node that consumes one structure and produces the next (or, in a coupled group,
+        produces into the group and consumes a chain, or reads the group and writes a chain)
+        appears in both structures' savings, about ``t(1 − r_in)`` and ``t(1 − r_out)``.
+        Measured, the plain sum predicts well at moderate widths (digits CNN at 2x: predicted
+        2.07x, measured 2.02x; MNIST CNN: the FLOP-overlap correction predicted 2.05x where
+        2.53x was measured), because small kernels shrink sub-linearly. What it must not do is
+        save more than the node costs: the node's part of each measured saving (by its share of
+        the structure's profiled in-graph time, members included) is summed, and what exceeds
+        the node's own time is added back. The DP stays additive; the allocation loop re-aims
+        until this corrected prediction reaches the goal, and the verify loop corrects what
+        remains.
         """
         by_name = {c.name: c for c in self.candidates}
-
-        def saving(name: str) -> float:
-            """Seconds the structure decided at ``name`` saves (0 when it is not a structure)."""
-            option = options.get(name)
-            if option is None or option.layout != "structure":
-                return 0.0
-            return self.option_time(name, DENSE) - self.option_time(name, option, scale)
-
-        extra = 0.0
-        for cand in self.candidates:  # cand consumes S_out, whose producer consumes S_in
+        share: dict[str, float] = {}
+        seen: dict[str, int] = {}
+        for cand in self.candidates:
             context = cand.structure
-            if context is None or len(context.producers) != 1:
+            if context is None:
                 continue
-            middle = by_name.get(context.producer.name)
-            if middle is None or middle.structure is None or len(middle.structure.producers) != 1:
+            weighted = [n for n in dict.fromkeys((*(p.name for p in context.producers), cand.name,
+                                                  *(c.name for c in context.companions)))
+                        if n in by_name]
+            for name in weighted:
+                seen[name] = seen.get(name, 0) + 1
+            option = options.get(cand.name)
+            if option is None or option.layout != "structure":
                 continue
-            t_mid = self.option_time(middle.name, DENSE)
-            t_in = self.option_time(middle.structure.producer.name, DENSE) \
-                if middle.structure.producer.name in by_name else 0.0
-            t_out = self.option_time(cand.name, DENSE)
-            # The middle node's part of each structure's measured saving, by its dense share.
-            from_in = saving(middle.name) * t_mid / max(t_in + t_mid, 1e-12)
-            from_out = saving(cand.name) * t_mid / max(t_mid + t_out, 1e-12)
-            extra += max(0.0, from_in + from_out - t_mid)
-        return extra
+            saving = self.option_time(cand.name, DENSE) - self.option_time(cand.name, option,
+                                                                           scale)
+            # each weighted node's part of the measured saving, by its share of the structure's
+            # in-graph time (members included: the depthwise convs' time a chain saves is no
+            # node's own); by the weighted nodes' dense times where the profile has no times
+            profile = self.table.profile
+            parts = {n: profile.nodes_time([n]) for n in weighted} if profile else {}
+            total = profile.nodes_time(context.structure.nodes) if profile else 0.0
+            if total <= 0 or not all(t > 0 for t in parts.values()):
+                parts = {n: self.option_time(n, DENSE) for n in weighted}
+                total = sum(parts.values())
+            for name, t in parts.items():
+                share[name] = share.get(name, 0.0) + saving * t / max(total, 1e-12)
+        return sum(max(0.0, share.get(name, 0.0) - self.option_time(name, DENSE))
+                   for name, count in seen.items() if count >= 2)
 
 
 def build_problem(

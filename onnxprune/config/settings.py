@@ -15,7 +15,7 @@ from onnxprune.common.errors import UserError
 from onnxprune.layouts.base import DEFAULT_LEVELS
 
 DEFAULT_PROVIDER = "cpu"
-STRUCTURE_KINDS = ("ffn", "conv-chain", "heads", "channels")
+STRUCTURE_KINDS = ("ffn", "conv-chain", "heads", "channels", "residual", "fan-out")
 """The kinds of channel structure discovery reports (``structures/``)."""
 DEFAULT_MAX_ERROR = 0.2
 """Default fidelity bound: the worst output's mean per-position relative error vs dense.
@@ -44,7 +44,8 @@ class NodeOverride:
             as part of a channel structure when one is found). Given layouts are offered even when
             the run-wide ``layouts`` do not list them: this forces them.
         structure_kinds: the structure kinds the node may be pruned as (``ffn``, ``conv-chain``,
-            ``heads``, ``channels``); a structure of another kind through the node is not used.
+            ``heads``, ``channels``, and the coupled groups ``residual`` and ``fan-out``); a
+            structure of another kind through the node is not used.
             Implies ``layouts = ["structure"]`` unless ``layouts`` is given.
         max_level: the largest fraction of the node's weights that may be removed.
         source: where the rule came from (``onnxprune.toml, node #2``), for messages.

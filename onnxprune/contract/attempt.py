@@ -25,7 +25,7 @@ from onnxprune.graph.candidates import Candidate
 from onnxprune.graph.precision import LowPrecision, lower
 from onnxprune.latency.measure import SpeedResult
 from onnxprune.latency.source import MEASURED, TimingSource
-from onnxprune.layouts.base import Layout, PrunedWeight
+from onnxprune.layouts.base import Layout, PrunedWeight, solution_weights
 from onnxprune.layouts.materialize import materialize
 from onnxprune.recover.stage import RecoveryStage
 from onnxprune.solve.sequential import sequential_resolve
@@ -66,7 +66,7 @@ class Attempt:
 
     @property
     def weights(self) -> dict[str, np.ndarray]:
-        return {name: solution.weight for name, solution in self.chosen.items()}
+        return solution_weights(self.chosen)
 
     def recovery_note(self) -> str | None:
         """One line of what global recovery did to this model (None: it did not run)."""
@@ -122,7 +122,7 @@ class Realizer:
         pruned = materialize(self.model, self.candidates, chosen, self.layouts)
         fidelity = None
         if self.verify_scorer is not None:
-            fidelity = self.verify_scorer({n: s.weight for n, s in chosen.items()})
+            fidelity = self.verify_scorer(solution_weights(chosen))
         attempt = Attempt(chosen, pruned, goal, predicted, fidelity, feedback=feedback)
         if self.recovery is not None and fidelity is not None and any(
                 s.option.layout != "dense" for s in chosen.values()):
@@ -152,8 +152,8 @@ class Realizer:
         if self.search_scorer is None:
             return fed, None
         measure = self.bound_measure or FidelityBound()
-        loss_fed = measure.loss(self.search_scorer({n: s.weight for n, s in fed.items()}))
-        loss_plain = measure.loss(self.search_scorer({n: s.weight for n, s in plain.items()}))
+        loss_fed = measure.loss(self.search_scorer(solution_weights(fed)))
+        loss_plain = measure.loss(self.search_scorer(solution_weights(plain)))
         kept = loss_fed <= loss_plain
         record = {"kept": kept, "loss_search_feedback": loss_fed, "loss_search_plain": loss_plain}
         return (fed if kept else plain), record

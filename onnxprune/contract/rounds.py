@@ -33,7 +33,7 @@ from onnxprune.config.settings import PruneConfig
 from onnxprune.contract.attempt import Attempt, Progress, Realizer
 from onnxprune.fidelity import Fidelity, FidelityBound, describe
 from onnxprune.graph.candidates import Candidate
-from onnxprune.layouts.base import PrunedWeight
+from onnxprune.layouts.base import PrunedWeight, solution_weights
 
 logger = logging.getLogger("onnxprune")
 
@@ -102,7 +102,7 @@ class _Loop:
     def search_loss(self, choice: list[int]) -> float:
         assert self.search_fidelity is not None
         return self.measure.loss(
-            self.search_fidelity({n: s.weight for n, s in self.chosen(choice).items()}))
+            self.search_fidelity(solution_weights(self.chosen(choice))))
 
     def allocate(self, goal: float, first: bool) -> list[int] | None:
         """An allocation whose chain-corrected prediction reaches ``goal`` (when it can).
@@ -209,7 +209,7 @@ class _Loop:
                     hi = mid
                     continue
                 if strict.holds(self.search_fidelity(
-                        {n: s.weight for n, s in self.chosen(choice).items()})):
+                        solution_weights(self.chosen(choice)))):
                     lo, best = mid, choice
                 else:
                     hi = mid

@@ -73,7 +73,8 @@ def _structure_at(candidate: Candidate, keep: int) -> onnx.ModelProto:
     model.CopyFrom(context.isolated)
     cut = StructureCut(context.structure, np.arange(keep))
     return apply_cuts(model, [cut], {candidate.name: candidate,
-                                     **{p.name: p for p in context.producers}})
+                                     **{c.name: c for c in (*context.producers,
+                                                            *context.companions)}})
 
 
 def _reference(builder: IsolatedBuilder, candidate: Candidate, option: LayoutOption,

@@ -25,7 +25,7 @@ conversion lives in :func:`to_rows` / :func:`from_rows` only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -90,6 +90,30 @@ class PrunedWeight:
     mask: np.ndarray
     weight: np.ndarray
     err: float
+    companions: tuple[Companion, ...] = ()
+    """The other consumers of a coupled channel group decided at this candidate: the same
+    channels go from each of them, each with its own reconstructed weight. Their own database
+    entries stay dense (they have no option of their own); :func:`solution_weights` is how
+    every stage that evaluates or writes an allocation sees them."""
+
+
+@dataclass(frozen=True, eq=False)
+class Companion:
+    """A group consumer's part of the solution decided at another candidate (same fields)."""
+
+    name: str
+    mask: np.ndarray
+    weight: np.ndarray
+    err: float
+
+
+def solution_weights(chosen: Mapping[str, PrunedWeight]) -> dict[str, np.ndarray]:
+    """The canonical weight of every candidate an allocation changes, companions included."""
+    weights = {name: solution.weight for name, solution in chosen.items()}
+    for solution in chosen.values():
+        for companion in solution.companions:
+            weights[companion.name] = companion.weight
+    return weights
 
 
 class Layout(Protocol):

@@ -35,6 +35,7 @@ def _cut_structures(model: onnx.ModelProto, candidates: Sequence[Candidate],
             continue
         cuts.append(StructureCut(cand.structure.structure, kept_channels(cand, solution)))
         weights[cand.name] = solution.weight
+        weights.update((c.name, c.weight) for c in solution.companions)
     if not cuts:
         return model
     copy = onnx.ModelProto()
@@ -42,7 +43,7 @@ def _cut_structures(model: onnx.ModelProto, candidates: Sequence[Candidate],
     by_name = {c.name: c for c in candidates}
     for cand in candidates:
         if cand.structure is not None:
-            for producer in cand.structure.producers:
+            for producer in (*cand.structure.producers, *cand.structure.companions):
                 by_name.setdefault(producer.name, producer)
     logger.info("shrinking %d structure(s) along their chains", len(cuts))
     return apply_cuts(copy, cuts, by_name, weights)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from onnxprune.layouts.base import (
     ALL_PROVIDERS,
     DEFAULT_LEVELS,
+    Companion,
     LayoutOption,
     PrunedWeight,
     from_rows,
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
     from onnxprune.graph.candidates import Candidate
     from onnxprune.reconstruct.obs import ObsSolver
+    from onnxprune.structures.types import ChannelGroup, Structure
 
 ROUND_TO = 8
 PERCDAMP = 0.3
@@ -86,25 +89,35 @@ class StructureLayout:
     def granularity(option: LayoutOption) -> int:
         return 1 << 30
 
-    def solve(self, candidate: Candidate, solver: ObsSolver, option: LayoutOption) -> PrunedWeight:
+    def solve(self, candidate: Candidate, solver: ObsSolver | GroupSolver,
+              option: LayoutOption) -> PrunedWeight:
+        """Structured OBS at the consumer; a coupled group's consumers are solved jointly (one
+        channel set, each consumer's own update) and returned as the solution's companions."""
         context = candidate.structure
         if context is None:
             raise ValueError(f"{candidate.name} is not the consumer of a structure")
-        from onnxprune.reconstruct.structured import remove_channels
+        from onnxprune.reconstruct.structured import remove_channels_jointly
 
+        parts = [(candidate, solver.hessian)]
+        if context.companions:
+            if not isinstance(solver, GroupSolver):
+                raise ValueError(f"{candidate.name} decides a coupled group: it needs a "
+                                 "GroupSolver with every consumer's Hessian")
+            parts += list(solver.companions)
         keep = option.param("keep")
         passes = _PASSES.setdefault(solver, {})
         if keep not in passes:
             options, _ = self.options(candidate)
             keeps = sorted({o.param("keep") for o in options} | {keep})
-            group = (context.structure.consumer_group if candidate.op != "Conv"
-                     else int(np.prod(candidate.weight.shape[2:])))
-            passes.update(remove_channels(to_rows(candidate, candidate.weight), solver.hessian,
-                                          group, keeps, percdamp=PERCDAMP))
-        solution = passes[keep]
-        weight = from_rows(candidate, solution.weight)
-        mask = structure_mask(candidate, solution.kept)
-        return PrunedWeight(option, mask, weight.astype(np.float32), float(solution.err))
+            passes.update(remove_channels_jointly(
+                [(to_rows(c, c.weight), H, _channel_columns(context.structure, c))
+                 for c, H in parts], keeps, percdamp=PERCDAMP))
+        (own, *others) = [(c, from_rows(c, sol.weight).astype(np.float32),
+                           structure_mask(c, sol.kept, context.structure), float(sol.err))
+                          for (c, _), sol in zip(parts, passes[keep], strict=True)]
+        companions = tuple(Companion(c.name, mask, weight, err) for c, weight, mask, err in others)
+        err = own[3] + sum(c.err for c in companions)
+        return PrunedWeight(option, own[2], own[1], err, companions)
 
     def materialize(self, graph: gs.Graph, candidate: Candidate, pruned: PrunedWeight) -> None:
         raise NotImplementedError(
@@ -112,12 +125,36 @@ class StructureLayout:
             "not per node")
 
 
-def structure_mask(candidate: Candidate, kept: np.ndarray) -> np.ndarray:
-    """The consumer's weight mask when its structure keeps channels ``kept`` (a Conv's kept
-    input channels are axis 1, a MatMul/Gemm's rows axis 0); :func:`kept_channels` inverts it."""
+@dataclass(frozen=True, eq=False)
+class GroupSolver:
+    """What a coupled group's solve needs: the deciding consumer's solver, and each other
+    consumer (possibly with a substituted weight, as error feedback solves for) with its input
+    Hessian. Only Hessians are read: structured OBS inverts them itself."""
+
+    decider: ObsSolver
+    companions: tuple[tuple[Candidate, np.ndarray], ...]
+
+    @property
+    def hessian(self) -> np.ndarray:
+        return self.decider.hessian
+
+
+def _channel_columns(structure: Structure | ChannelGroup, candidate: Candidate) -> int:
+    """Columns of the consumer's OBS rows per channel (a conv input channel's kh·kw taps)."""
+    if candidate.op == "Conv":
+        return int(np.prod(candidate.weight.shape[2:]))
+    return structure.group_of(candidate.name)
+
+
+def structure_mask(candidate: Candidate, kept: np.ndarray,
+                   structure: Structure | ChannelGroup | None = None) -> np.ndarray:
+    """A consumer's weight mask when its structure keeps channels ``kept`` (a Conv's kept
+    input channels are axis 1, a MatMul/Gemm's rows axis 0); :func:`kept_channels` inverts it.
+    ``structure``: the one the candidate consumes (default: the one decided at it)."""
     from onnxprune.structures.shrink import consumer_rows
 
-    rows = consumer_rows(candidate.structure.structure, candidate, kept)
+    structure = structure or candidate.structure.structure
+    rows = consumer_rows(structure, candidate, kept)
     mask = np.zeros(candidate.weight.shape, bool)
     if candidate.op == "Conv":
         mask[:, rows] = True
@@ -132,5 +169,5 @@ def kept_channels(candidate: Candidate, pruned: PrunedWeight) -> np.ndarray:
     if candidate.op == "Conv":
         alive = pruned.mask.any(axis=(0, 2, 3))
         return np.flatnonzero(alive)
-    rows = pruned.mask.any(axis=1).reshape(structure.width, structure.consumer_group)
+    rows = pruned.mask.any(axis=1).reshape(structure.width, structure.group_of(candidate.name))
     return np.flatnonzero(rows.any(axis=1))

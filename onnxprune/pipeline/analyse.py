@@ -174,6 +174,9 @@ def _options_for(
     levels = [1.0 - config.nm[0] / config.nm[1]] if config.nm is not None else [config.sparsity]
     options: dict[str, list[LayoutOption]] = {}
     for cand in candidates:
+        if cand.structure is None and cand.name in producers:
+            options[cand.name] = [DENSE]  # it shrinks with the structure decided elsewhere
+            continue
         found: list[LayoutOption] = []
         reasons = []
         rule = config.override_for(cand.node_names)
@@ -229,7 +232,7 @@ def _capped(options: list[LayoutOption], cand: Candidate,
 def _structure_allowed(config: PruneConfig, node_names: Mapping[str, tuple[str, ...]]):
     """Whether a found structure may be used: every per-node rule on its nodes allows it."""
     def keep(structure) -> bool:
-        for name in (*structure.producers, structure.consumer):
+        for name in (*structure.producers, *structure.consumers):
             rule = config.override_for(node_names.get(name, (name,)))
             if rule is None or not rule.allowed_layouts:
                 continue
@@ -244,7 +247,7 @@ def _structure_allowed(config: PruneConfig, node_names: Mapping[str, tuple[str, 
 def _forced_structures_only(keep, forcing: set[str]):
     """When the run does not use structures, only those through a node whose rule forces them."""
     def keep_forced(structure) -> bool:
-        nodes = {*structure.producers, structure.consumer}
+        nodes = {*structure.producers, *structure.consumers}
         return bool(nodes & forcing) and keep(structure)
     return keep_forced
 

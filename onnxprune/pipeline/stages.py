@@ -128,9 +128,9 @@ def analyse_file(in_path: Path, out_path: Path, config: PruneConfig) -> tuple[An
     report.size_before = in_path.stat().st_size
     report.skipped = list(graph.skipped)
     if graph.structures is not None:
-        report.structures = [s.to_json() for s in graph.structures.structures]
+        report.structures = [s.to_json() for s in graph.structures.found]
         report.structures_blocked = [{"producer": b.producer, "reason": b.reason}
-                                     for b in graph.structures.blocked]
+                                     for b in graph.structures.unstructured]
     return graph, report
 
 
@@ -267,14 +267,20 @@ def solve(graph: Analysed, data: Calibrated, options: Mapping[str, Sequence[Layo
 def fill_layers(report: Report, candidates: Sequence[Candidate],
                  chosen: Mapping[str, PrunedWeight], problem: AllocationProblem | None) -> None:
     report.layers = []
+    # a coupled group's other consumers: shown with the group's width and their own error and
+    # weights (their time is in the deciding consumer's saving, as a producer's is)
+    parts = {c.name: (s.option, c) for s in chosen.values() for c in s.companions}
     for cand in candidates:
         solution = chosen[cand.name]
+        option, err, kept = solution.option, solution.err, _nonzeros(solution)
+        time_after = problem.option_time(cand.name, option) if problem else None
+        if cand.name in parts:
+            option, companion = parts[cand.name]
+            err, kept = companion.err, int(np.count_nonzero(companion.mask))
         report.layers.append(LayerResult(
-            name=cand.name, op=cand.op, nodes=cand.node_names, option=solution.option,
-            err=solution.err,
+            name=cand.name, op=cand.op, nodes=cand.node_names, option=option, err=err,
             time_dense_s=problem.option_time(cand.name, DENSE) if problem else None,
-            time_after_s=problem.option_time(cand.name, solution.option) if problem else None,
-            weights_before=int(cand.weight.size), weights_after=_nonzeros(solution),
+            time_after_s=time_after, weights_before=int(cand.weight.size), weights_after=kept,
         ))
 
 

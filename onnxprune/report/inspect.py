@@ -69,12 +69,9 @@ def analysis_to_json(analysis: GraphAnalysis, model_path: str,
 def _outside(analysis: GraphAnalysis, structures: StructureAnalysis) -> list[dict]:
     """Every producer whose output channels are in no structure and no group, heaviest first,
     with the reason its group could not close (else the reason of its plain structure)."""
-    inside = {p for s in (*structures.structures, *structures.groups) for p in s.producers}
-    reasons = {b.producer: b.reason for b in structures.blocked}
-    reasons.update((b.producer, b.reason) for b in structures.groups_blocked)
     macs = {c.name: c.macs for c in analysis.candidates}
-    rows = [{"producer": name, "reason": reason, "macs": macs.get(name, 0)}
-            for name, reason in reasons.items() if name not in inside]
+    rows = [{"producer": b.producer, "reason": b.reason, "macs": macs.get(b.producer, 0)}
+            for b in structures.unstructured]
     return sorted(rows, key=lambda row: -row["macs"])
 
 
@@ -112,7 +109,8 @@ def render_inspect(console: Console, report: dict) -> None:
     groups = report.get("groups") or []
     if groups:
         listing = Table(title=f"Coupled groups ({len(groups)}): channels shared across residual "
-                              "Adds or consumers (found; not pruned yet)", title_justify="left")
+                              "Adds or consumers, pruned together (one width, decided at the "
+                              "first consumer)", title_justify="left")
         for column in ("kind", "producers", "consumers", "width", "couplers", "MACs"):
             listing.add_column(column, overflow="fold")
         for item in groups:

@@ -9,6 +9,7 @@ weight's energy removed (the data-free proxy).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
@@ -17,17 +18,31 @@ import numpy as np
 from onnxprune.graph.candidates import Candidate
 from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight, to_rows
 from onnxprune.layouts.registry import get_layout
+from onnxprune.layouts.structure import GroupSolver
 from onnxprune.reconstruct.obs import ObsSolver
 
 logger = logging.getLogger("onnxprune")
 
 
-def make_solver(candidate: Candidate, hessian: np.ndarray | None) -> ObsSolver:
-    """The layer's OBS solver; the identity Hessian when there is no calibration data."""
+def make_solver(candidate: Candidate, hessian: np.ndarray | None,
+                companions: Mapping[str, np.ndarray] | None = None,
+                ) -> ObsSolver | GroupSolver:
+    """The layer's OBS solver; the identity Hessian when there is no calibration data.
+
+    A candidate deciding a coupled group gets a :class:`GroupSolver`: ``companions`` holds the
+    Hessian of each other consumer of the group by name (every candidate's statistics are
+    collected, and a group's consumers are all candidates); None: the identity for each.
+    """
     rows = to_rows(candidate, candidate.weight)
     if hessian is None:
         hessian = np.eye(rows.shape[1])
-    return ObsSolver(rows, hessian)
+    solver = ObsSolver(rows, hessian)
+    others = candidate.structure.companions if candidate.structure is not None else ()
+    if not others:
+        return solver
+    return GroupSolver(solver, tuple(
+        (c, np.eye(c.reduction_dim) if companions is None else companions[c.name])
+        for c in others))
 
 
 def dense_solution(candidate: Candidate) -> PrunedWeight:
@@ -55,6 +70,22 @@ def heldout_error(candidate: Candidate, solution: PrunedWeight, hessian: np.ndar
     return max(float(np.einsum("nk,nk->", D @ hessian, D)), 0.0) / total if total > 0 else 0.0
 
 
+def with_heldout_error(candidate: Candidate, solution: PrunedWeight,
+                       heldout: Mapping[str, np.ndarray]) -> PrunedWeight:
+    """``solution`` with its error measured on held-out statistics; a group's error is the sum
+    over its consumers (each consumer's output error counts as a pruned layer's does)."""
+    if solution.option.layout == "dense" or candidate.name not in heldout:
+        return solution
+    others = {c.name: c for c in candidate.structure.companions} if solution.companions else {}
+    companions = tuple(
+        dataclasses.replace(c, err=heldout_error(others[c.name], dataclasses.replace(
+            solution, weight=c.weight), heldout[c.name])) if c.name in heldout else c
+        for c in solution.companions)
+    own = heldout_error(candidate, solution, heldout[candidate.name])
+    return PrunedWeight(solution.option, solution.mask, solution.weight,
+                        own + sum(c.err for c in companions), companions)
+
+
 def build_database(
     candidates: Sequence[Candidate],
     options: Mapping[str, Sequence[LayoutOption]],
@@ -77,13 +108,10 @@ def build_database(
     database: dict[str, list[PrunedWeight]] = {}
     for cand in candidates:
         hessian = None if hessians is None else hessians[cand.name]
-        solver = make_solver(cand, hessian)
+        solver = make_solver(cand, hessian, hessians)
         solved = solve_options(cand, solver, options[cand.name])
-        if heldout is not None and cand.name in heldout:
-            solved = [s if s.option.layout == "dense" else
-                      PrunedWeight(s.option, s.mask, s.weight,
-                                   heldout_error(cand, s, heldout[cand.name]))
-                      for s in solved]
+        if heldout is not None:
+            solved = [with_heldout_error(cand, s, heldout) for s in solved]
         database[cand.name] = solved
         if progress:
             progress(cand.name)

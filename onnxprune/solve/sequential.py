@@ -29,6 +29,7 @@ from onnxprune.calib.dataset import CalibSet
 from onnxprune.calib.stitch import StitchedRunner
 from onnxprune.graph.candidates import Candidate
 from onnxprune.layouts.base import PrunedWeight, from_rows, to_rows
+from onnxprune.layouts.structure import GroupSolver
 from onnxprune.solve.database import make_solver, solve_options
 
 logger = logging.getLogger("onnxprune")
@@ -65,24 +66,42 @@ def sequential_resolve(
         The new solutions by candidate name (dense choices are passed through).
     """
     result: dict[str, PrunedWeight] = dict(chosen)
-    pruned_weights = {}
+    pruned_weights: dict[str, np.ndarray] = {}
     for cand in graph_order(model, candidates):
         current = chosen[cand.name]
         if current.option.layout != "dense":
-            if feedback and pruned_weights:
-                H, target = feedback_problem(runner, cand, calib, pruned_weights)
-                cand_star = dataclasses.replace(cand, weight=target)
-                (current,) = solve_options(cand_star, make_solver(cand_star, H),
-                                           [current.option])
-            else:
-                hessians = collect_hessians(runner, [cand], calib, weights=pruned_weights)
-                solver = make_solver(cand, hessians[cand.name].H)
-                (current,) = solve_options(cand, solver, [current.option])
+            current = _resolve_one(runner, cand, current, calib, pruned_weights, feedback)
             result[cand.name] = current
             pruned_weights[cand.name] = current.weight
+            # a group's other consumers come later in the graph; their part is solved here,
+            # on the inputs the pruned layers so far give them
+            pruned_weights.update((c.name, c.weight) for c in current.companions)
         if progress:
             progress(cand.name)
     return result
+
+
+def _resolve_one(runner: StitchedRunner, cand: Candidate, current: PrunedWeight,
+                 calib: CalibSet, pruned_weights: Mapping[str, np.ndarray],
+                 feedback: bool) -> PrunedWeight:
+    """``current``'s option solved again on the inputs of the partly pruned model."""
+    companions = cand.structure.companions if current.companions else ()
+    if feedback and pruned_weights:
+        problems = [feedback_problem(runner, c, calib, pruned_weights)
+                    for c in (cand, *companions)]
+        stars = [dataclasses.replace(c, weight=target)
+                 for c, (_, target) in zip((cand, *companions), problems, strict=True)]
+        solver = make_solver(stars[0], problems[0][0])
+        if companions:  # the other consumers solve for their own feedback targets too
+            solver = GroupSolver(solver.decider, tuple(
+                (star, H) for star, (H, _) in zip(stars[1:], problems[1:], strict=True)))
+        (solved,) = solve_options(stars[0], solver, [current.option])
+        return solved
+    hessians = collect_hessians(runner, [cand, *companions], calib, weights=pruned_weights)
+    solver = make_solver(cand, hessians[cand.name].H,
+                         {c.name: hessians[c.name].H for c in companions})
+    (solved,) = solve_options(cand, solver, [current.option])
+    return solved
 
 
 FEEDBACK_DAMP = 0.01

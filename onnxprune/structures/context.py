@@ -17,7 +17,12 @@ from dataclasses import dataclass
 import onnx
 
 from onnxprune.graph.candidates import Candidate, GraphAnalysis
-from onnxprune.structures.types import BlockedStructure, Structure, StructureAnalysis
+from onnxprune.structures.types import (
+    BlockedStructure,
+    ChannelGroup,
+    Structure,
+    StructureAnalysis,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,12 +35,15 @@ class StructureContext:
         isolated: producer, members and consumer alone, dense (see ``shrink.isolated_structure``).
         signature: digest of the isolated subgraph's ops, attributes and shapes (no weight
             values), so identical blocks (six FFNs of an encoder) are timed once.
+        companions: a coupled group's other consumers (the group is decided at its first
+            consumer; they lose the same channels and take no option of their own).
     """
 
-    structure: Structure
+    structure: Structure | ChannelGroup
     producers: tuple[Candidate, ...]
     isolated: onnx.ModelProto
     signature: str
+    companions: tuple[Candidate, ...] = ()
 
     @property
     def producer(self) -> Candidate:
@@ -59,21 +67,24 @@ def _signature(isolated: onnx.ModelProto) -> str:
 def attach_structures(
     model: onnx.ModelProto, candidates: Sequence[Candidate], found: StructureAnalysis,
 ) -> tuple[list[Candidate], set[str]]:
-    """Candidates with each structure attached to its consumer, and the set of producer names."""
+    """Candidates with each structure attached to its consumer (a group to its first consumer),
+    and the names of the candidates that shrink with a structure decided elsewhere (producers,
+    a group's other consumers)."""
     from onnxprune.structures.shrink import isolated_structure
 
     by_name = {c.name: c for c in candidates}
     contexts = {}
     producers: set[str] = set()
-    for structure in found.structures:
-        if any(p not in by_name for p in structure.producers) or \
-                structure.consumer not in by_name:
+    for structure in (*found.structures, *found.groups):
+        if any(n not in by_name for n in (*structure.producers, *structure.consumers)):
             continue  # an excluded node: the structure is not used
         isolated = isolated_structure(model, structure, by_name)
-        contexts[structure.consumer] = StructureContext(
+        decider, *others = structure.consumers
+        contexts[decider] = StructureContext(
             structure, tuple(by_name[p] for p in structure.producers), isolated,
-            _signature(isolated))
+            _signature(isolated), tuple(by_name[c] for c in others))
         producers.update(structure.producers)
+        producers.update(others)
     attached = [dataclasses.replace(c, structure=contexts[c.name]) if c.name in contexts else c
                 for c in candidates]
     return attached, producers
@@ -94,7 +105,7 @@ def layouts_for(candidate: Candidate, layouts: Sequence[str], producers: set[str
 
 def discover_and_attach(
     model: onnx.ModelProto, analysis: GraphAnalysis, candidates: Sequence[Candidate],
-    keep: Callable[[Structure], bool] | None = None,
+    keep: Callable[[Structure | ChannelGroup], bool] | None = None,
 ) -> tuple[GraphAnalysis, list[Candidate], set[str], StructureAnalysis]:
     """Find the channel structures, attach each to its consumer, in the analysis too.
 
@@ -113,11 +124,16 @@ def discover_and_attach(
     found = find_structures(model, analysis, shapes)
     if keep is not None:
         refused = [s for s in found.structures if not keep(s)]
+        refused_groups = [g for g in found.groups if not keep(g)]
         found = dataclasses.replace(
             found, structures=tuple(s for s in found.structures if s not in refused),
             blocked=(*found.blocked, *(BlockedStructure(
                 s.producer, f"{s.kind} structure to {s.consumer} refused by a per-node rule")
-                for s in refused)))
+                for s in refused)),
+            groups=tuple(g for g in found.groups if g not in refused_groups),
+            groups_blocked=(*found.groups_blocked, *(BlockedStructure(
+                g.producers[0], f"{g.name} refused by a per-node rule")
+                for g in refused_groups)))
     attached, producers = attach_structures(model, candidates, found)
     by_name = {c.name: c for c in attached}
     analysis = dataclasses.replace(

@@ -231,4 +231,5 @@ def _close(graph: GraphView, start: Candidate, single: Mapping[str, Candidate],
         members=tuple(sorted(walk.members, key=position.__getitem__)), width=walk.width,
         slices=tuple(walk.slices), depthwise=tuple(walk.depthwise),
         batchnorms=tuple(walk.batchnorms), reshapes=tuple(walk.reshapes),
+        fixed_shapes=tuple(walk.fixed),
     )

@@ -224,15 +224,17 @@ def masked_consumer_weight(structure: Structure | ChannelGroup, candidate: Candi
 
 
 def isolated_structure(
-    model: onnx.ModelProto, structure: Structure, candidates: Mapping[str, Candidate],
+    model: onnx.ModelProto, structure: Structure | ChannelGroup,
+    candidates: Mapping[str, Candidate],
 ) -> onnx.ModelProto:
-    """The structure alone — producers, members, consumer — as a model timed on the EP.
+    """The structure alone — producers, members, consumers — as a model timed on the EP.
 
-    Its inputs are the producers' activation at the deployment shape (and any run-time tensor
-    the structure reads, such as an attention mask), its output the consumer's output; constants
-    are copied as initializers, Reshape targets computed at run time become constants (with -1
-    on the channel axis), and the producers and consumer read their canonical weights. What it
-    times is what the structure's width changes.
+    Its inputs are the producers' activations at the deployment shape (and any run-time tensor
+    the structure reads, such as an attention mask), its outputs the consumers' outputs;
+    constants are copied as initializers, Reshape targets computed at run time become constants
+    (with -1 on the channel axis), and the producers and consumers read their canonical weights.
+    What it times is what the structure's width changes. A coupled group's producers sit in
+    different blocks; each reads its own activation, so the group is one closed subgraph.
     """
     from onnxprune.graph.load import stamp_ir_version
 
@@ -241,11 +243,11 @@ def isolated_structure(
              for n in model.graph.node if n.name in wanted]
     produced = {o for n in nodes for o in n.output}
     producers = [candidates[name] for name in structure.producers]
-    consumer = candidates[structure.consumer]
-    activation = producers[0].sites[0].activation
+    consumers = [candidates[name] for name in structure.consumers]
+    activations = {p.sites[0].activation: p.sites[0].input_shape for p in producers}
     fixed = dict(structure.fixed_shapes)
     external = {name for name, _, _ in structure.external_inputs}
-    weighted = {c.name for c in (*producers, consumer)}
+    weighted = {c.name for c in (*producers, *consumers)}
     initializers = []
     seen: set[str] = set()
     for node in nodes:
@@ -254,26 +256,24 @@ def isolated_structure(
             initializers.append(numpy_helper.from_array(
                 np.asarray(fixed[node.name], dtype=np.int64), node.input[1]))
         for index, name in enumerate(node.input):
-            if (not name or name in produced or name == activation or name in seen
+            if (not name or name in produced or name in activations or name in seen
                     or name in external or (node.name in fixed and index == 1)):
                 continue
             if node.name in weighted and index >= 1:
                 continue  # written from the canonical weights below
             seen.add(name)
             initializers.append(numpy_helper.from_array(_constant(model, name), name))
-    inputs = [helper.make_tensor_value_info(activation, onnx.TensorProto.FLOAT,
-                                            list(producers[0].sites[0].input_shape))]
+    inputs = [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(shape))
+              for name, shape in activations.items() if name not in produced]
     inputs += [helper.make_tensor_value_info(name, elem, list(shape))
                for name, shape, elem in structure.external_inputs]
-    graph = helper.make_graph(
-        nodes, f"structure {structure.name}", inputs,
-        [helper.make_tensor_value_info(consumer.sites[0].output, onnx.TensorProto.FLOAT,
-                                       list(consumer.sites[0].output_shape))],
-        initializers,
-    )
+    outputs = [helper.make_tensor_value_info(c.sites[0].output, onnx.TensorProto.FLOAT,
+                                             list(c.sites[0].output_shape)) for c in consumers]
+    graph = helper.make_graph(nodes, f"structure {structure.name}", inputs, outputs,
+                              initializers)
     isolated = helper.make_model(graph, opset_imports=list(model.opset_import))
     by_name = {n.name: n for n in isolated.graph.node}
     writer = _Writer(isolated)
-    for cand in (*producers, consumer):
+    for cand in {c.name: c for c in (*producers, *consumers)}.values():
         _write_node(by_name[cand.name], cand, cand.weight, cand.bias, writer)
     return stamp_ir_version(isolated)

@@ -130,7 +130,8 @@ class ChannelGroup:
         consumers: the consumer candidates (their input rows go), in graph order.
         consumer_groups: consecutive canonical rows per channel of each consumer (same order).
         couplers: the binary nodes with two computed operands that tie the producers.
-        members, width, slices, depthwise, batchnorms, reshapes: as for :class:`Structure`.
+        members, width, slices, depthwise, batchnorms, reshapes, fixed_shapes,
+            external_inputs: as for :class:`Structure`.
     """
 
     name: str
@@ -146,6 +147,18 @@ class ChannelGroup:
     batchnorms: tuple[str, ...] = ()
     reshapes: tuple[ShapeEdit, ...] = ()
     producer_group: int = 1
+    fixed_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    external_inputs: tuple[tuple[str, tuple[int, ...], int], ...] = ()
+
+    @property
+    def producer(self) -> str:
+        """The first producer in graph order."""
+        return self.producers[0]
+
+    @property
+    def consumer(self) -> str:
+        """The first consumer in graph order: the candidate the group is decided at."""
+        return self.consumers[0]
 
     def group_of(self, consumer: str) -> int:
         return self.consumer_groups[self.consumers.index(consumer)]
@@ -176,9 +189,23 @@ class StructureAnalysis:
     structures: tuple[Structure, ...]
     blocked: tuple[BlockedStructure, ...] = field(default=())
     groups: tuple[ChannelGroup, ...] = field(default=())
-    """Coupled groups found (not yet offered to the allocator: see docs/structures.md)."""
+    """Coupled groups found: each decided at its first consumer (docs/structures.md)."""
     groups_blocked: tuple[BlockedStructure, ...] = field(default=())
     """Why the channels of producers outside every structure and group cannot form a group."""
+
+    @property
+    def found(self) -> tuple[Structure | ChannelGroup, ...]:
+        """Every structure and group, as the report lists them."""
+        return (*self.structures, *self.groups)
+
+    @property
+    def unstructured(self) -> tuple[BlockedStructure, ...]:
+        """Why each producer in no structure and no group has none: its group's reason where it
+        tried one, else its plain structure's."""
+        inside = {p for s in self.found for p in s.producers}
+        reasons = {b.producer: b for b in self.blocked}
+        reasons.update((b.producer, b) for b in self.groups_blocked)
+        return tuple(b for name, b in reasons.items() if name not in inside)
 
     def by_consumer(self) -> dict[str, Structure]:
         return {s.consumer: s for s in self.structures}

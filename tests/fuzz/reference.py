@@ -19,6 +19,7 @@ from onnxprune.graph.candidates import ensure_node_names, find_candidates
 from onnxprune.graph.load import stamp_ir_version
 from onnxprune.graph.shapes import bind_input_shapes
 from onnxprune.latency.synthetic import SyntheticTiming
+from onnxprune.layouts.base import solution_weights
 
 PRUNE_BATCH = 2
 """The batch size the fuzzer and the export tests prune at (outputs are compared at others)."""
@@ -35,7 +36,7 @@ class RecordingTiming(SyntheticTiming):
     def speed(self, dense, pruned, feeds, runtime, **kwargs):
         chosen = kwargs.get("chosen") or {}
         key = pruned if isinstance(pruned, bytes) else pruned.SerializeToString()
-        self.measured[key] = {n: s.weight for n, s in chosen.items()}
+        self.measured[key] = solution_weights(chosen)
         return super().speed(dense, pruned, feeds, runtime, **kwargs)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxprune.reconstruct.structured import remove_channels
+from onnxprune.reconstruct.structured import remove_channels, remove_channels_jointly
 
 
 def _data(channels: int, group: int, rows: int = 12, samples: int = 3000, seed: int = 0):
@@ -59,3 +59,35 @@ def test_the_bias_column_absorbs_the_removed_channels_mean():
     without = remove_channels(W, H, 1, [6])[6]
     assert with_bias.bias is not None and without.bias is None
     assert _rel(X, with_bias.weight, with_bias.bias, W, b) <= _rel(X, without.weight, b, W, b)
+
+
+def test_one_consumer_jointly_is_the_plain_pass():
+    _, W, _, H, _ = _data(16, 3)
+    plain = remove_channels(W, H, 3, [12, 8, 4], percdamp=0.1)
+    joint = remove_channels_jointly([(W, H, 3)], [12, 8, 4], percdamp=0.1)
+    for keep, solution in plain.items():
+        (same,) = joint[keep]
+        np.testing.assert_array_equal(same.kept, solution.kept)
+        np.testing.assert_allclose(same.weight, solution.weight, rtol=1e-6, atol=1e-6)
+        assert same.err == pytest.approx(solution.err)
+
+
+def test_consumers_of_one_group_lose_the_same_channels_each_compensated():
+    # two consumers of the same input channels, one with outputs 1000x larger: the channel set
+    # is shared, each consumer gets its own update, and the large one does not decide alone
+    X, W1, _, H, _ = _data(16, 1, seed=1)
+    W2 = 1000.0 * np.random.default_rng(2).standard_normal((5, 16))
+    joint = remove_channels_jointly([(W1, H, 1), (W2, H, 1)], [10], percdamp=0.01)
+    first, second = joint[10]
+    np.testing.assert_array_equal(first.kept, second.kept)
+    removed = np.setdiff1d(np.arange(16), first.kept)
+    for W, solution in ((W1, first), (W2, second)):
+        assert not solution.weight[:, removed].any()
+        dropped = W.copy()
+        dropped[:, removed] = 0.0
+        assert _rel(X, solution.weight, 0, W, 0) < _rel(X, dropped, 0, W, 0)
+        assert solution.err == pytest.approx(_rel(X, solution.weight, 0, W, 0), rel=0.05)
+    alone = remove_channels(W2, H, 1, [10], percdamp=0.01)[10]
+    assert second.err >= alone.err - 1e-12  # sharing costs the big consumer, never helps it
+    with pytest.raises(ValueError, match="different channel counts"):
+        remove_channels_jointly([(W1, H, 1), (W1[:, :8], H[:8, :8], 1)], [4])
