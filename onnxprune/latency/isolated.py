@@ -71,7 +71,7 @@ def _structure_at(candidate: Candidate, keep: int) -> onnx.ModelProto:
     assert context is not None
     model = onnx.ModelProto()
     model.CopyFrom(context.isolated)
-    cut = StructureCut(context.structure, np.arange(keep))
+    cut = StructureCut(context.structure, context.structure.first_kept(keep))
     return apply_cuts(model, [cut], {candidate.name: candidate,
                                      **{c.name: c for c in (*context.producers,
                                                             *context.companions)}})

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from onnxprune.graph.candidates import Candidate
-from onnxprune.layouts.base import DENSE, LayoutOption, PrunedWeight, to_rows
+from onnxprune.layouts.base import DENSE, Companion, LayoutOption, PrunedWeight, to_rows
 
 
 def fastest_choice(
@@ -64,7 +64,15 @@ def model_with_options(
 def _structure_choice(candidate: Candidate, option: LayoutOption) -> PrunedWeight:
     from onnxprune.layouts.structure import structure_mask
 
-    assert candidate.structure is not None
-    mask = structure_mask(candidate, np.arange(option.param("keep")))
+    context = candidate.structure
+    assert context is not None
+    kept = context.structure.first_kept(option.param("keep"))
+    mask = structure_mask(candidate, kept)
     weight = np.where(mask, candidate.weight, 0.0).astype(np.float32)
-    return PrunedWeight(option, mask, weight, 0.0)
+    companions = []
+    for other in context.companions:  # a coupled group's other consumers lose the same ones
+        other_mask = structure_mask(other, kept, context.structure)
+        companions.append(Companion(other.name, other_mask,
+                                    np.where(other_mask, other.weight, 0.0).astype(np.float32),
+                                    0.0))
+    return PrunedWeight(option, mask, weight, 0.0, tuple(companions))

@@ -78,8 +78,12 @@ class StructureLayout:
         width = context.structure.width
         if width < 2:
             return [], "a structure of one channel"
+        keeps = [k for k in structure_keeps(width, levels)
+                 if context.structure.keep_counts(k) is not None]
+        if not keeps:
+            return [], "every width would empty a producer or a Split piece"
         return [LayoutOption(self.name, 1.0 - keep / width, (("keep", keep), ("width", width)))
-                for keep in structure_keeps(width, levels)], None
+                for keep in keeps], None
 
     @staticmethod
     def label(option: LayoutOption) -> str:
@@ -109,9 +113,12 @@ class StructureLayout:
         if keep not in passes:
             options, _ = self.options(candidate)
             keeps = sorted({o.param("keep") for o in options} | {keep})
+            structure = context.structure
             passes.update(remove_channels_jointly(
-                [(to_rows(c, c.weight), H, _channel_columns(context.structure, c))
-                 for c, H in parts], keeps, percdamp=PERCDAMP))
+                [(to_rows(c, c.weight), H, _channel_columns(structure, c),
+                  structure.map_of(c.name)) for c, H in parts], keeps, percdamp=PERCDAMP,
+                width=structure.width, segments=getattr(structure, "segments", None),
+                counts=structure.keep_counts))
         (own, *others) = [(c, from_rows(c, sol.weight).astype(np.float32),
                            structure_mask(c, sol.kept, context.structure), float(sol.err))
                           for (c, _), sol in zip(parts, passes[keep], strict=True)]
@@ -164,10 +171,16 @@ def structure_mask(candidate: Candidate, kept: np.ndarray,
 
 
 def kept_channels(candidate: Candidate, pruned: PrunedWeight) -> np.ndarray:
-    """The kept channel indices of a solved structure option (from its mask)."""
+    """The kept channel indices of a solved structure option (from its masks: the deciding
+    consumer's and, in a coupled group, every other consumer's, since where Concat and Split
+    move the channels one consumer may read only some of them)."""
     structure = candidate.structure.structure
-    if candidate.op == "Conv":
-        alive = pruned.mask.any(axis=(0, 2, 3))
-        return np.flatnonzero(alive)
-    rows = pruned.mask.any(axis=1).reshape(structure.width, structure.group_of(candidate.name))
-    return np.flatnonzero(rows.any(axis=1))
+    kept: set[int] = set()
+    for name, mask in [(candidate.name, pruned.mask),
+                       *[(c.name, c.mask) for c in pruned.companions]]:
+        if mask.ndim == 4:  # a Conv's input channels
+            alive = mask.any(axis=(0, 2, 3))
+        else:
+            alive = mask.any(axis=1).reshape(-1, structure.group_of(name)).any(axis=1)
+        kept.update(structure.map_of(name)[alive].tolist())
+    return np.asarray(sorted(kept), dtype=np.int64)

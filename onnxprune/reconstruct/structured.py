@@ -23,7 +23,7 @@ Orientation as in :mod:`onnxprune.reconstruct.obs`: ``W[N, K]``, rows = outputs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,10 +79,14 @@ def remove_channels(
 
 
 def remove_channels_jointly(
-    parts: Sequence[tuple[np.ndarray, np.ndarray, int]],
+    parts: Sequence[tuple[np.ndarray, np.ndarray, int] | tuple[np.ndarray, np.ndarray, int,
+                                                                 np.ndarray | None]],
     keeps: Sequence[int],
     *,
     percdamp: float = 0.01,
+    width: int | None = None,
+    segments: np.ndarray | None = None,
+    counts: Callable[[int], np.ndarray | None] | None = None,
 ) -> dict[int, list[ChannelSolution]]:
     """Greedy structured OBS over one channel set read by several consumers (a coupled group).
 
@@ -91,21 +95,32 @@ def remove_channels_jointly(
     consumer with large activations does not decide alone, and each consumer's remaining weights
     get their own optimal update. With one part this is :func:`remove_channels`.
 
+    Where Concat and Split move the channels, a part's fourth entry is the group index of each
+    of its channel positions (a consumer of a Concat reads some indices twice, a consumer of a
+    Split piece only some): removing index *k* removes every position that holds it, and costs
+    nothing in a consumer that does not read it (``width``: the group's index count).
+    ``segments`` (a segment per group index) and ``counts`` (per keep, how many each segment
+    keeps) keep every producer range and Split piece at its share, so none is emptied.
+
     Returns:
         Per requested keep count, one solution per part (in the parts' order).
     """
-    built = [_Part(W, H, group, percdamp) for W, H, group in parts]
-    channels = {p.channels for p in built}
+    built = [_Part(spec[0], spec[1], spec[2], percdamp,
+                   index=spec[3] if len(spec) > 3 else None) for spec in parts]
+    for part in built:
+        part.extend(width or 0)
+    channels = {p.width for p in built}
     if len(channels) != 1:
         raise ValueError(f"the consumers read different channel counts: {sorted(channels)}")
-    return _greedy(built, keeps)
+    return _greedy(built, keeps, segments, counts)
 
 
 class _Part:
     """One consumer's state in a greedy pass: its weight, its inverse Hessian, its columns."""
 
     def __init__(self, W: np.ndarray, H: np.ndarray, group: int, percdamp: float, *,
-                 bias: np.ndarray | None = None, mean: np.ndarray | None = None) -> None:
+                 bias: np.ndarray | None = None, mean: np.ndarray | None = None,
+                 index: np.ndarray | None = None) -> None:
         W = np.array(W, dtype=np.float64)
         rows, columns = W.shape
         if columns % group:
@@ -130,10 +145,42 @@ class _Part:
         self.Hinv = np.linalg.inv(Hd)
         self.total = float(np.einsum("nk,nk->", W @ H, W))
         self.cols = np.arange(columns).reshape(self.channels, group)
+        self.width = self.channels
+        self.blocks: list[np.ndarray] | None = None
+        if index is not None and not np.array_equal(index, np.arange(self.channels)):
+            index = np.asarray(index, dtype=np.int64)
+            if len(index) != self.channels:
+                raise ValueError(f"{len(index)} group indices for {self.channels} channels")
+            self.width = int(index.max()) + 1
+            self.blocks = [self.cols[index == k].reshape(-1) for k in range(self.width)]
+
+    def extend(self, width: int) -> None:
+        """Read ``width`` group indices (those past this consumer's own cost nothing)."""
+        if width > self.width:
+            if self.blocks is None:
+                self.blocks = list(self.cols)
+            self.blocks += [np.zeros(0, dtype=np.int64)] * (width - self.width)
+            self.width = width
 
     def losses(self, live: np.ndarray) -> np.ndarray:
         """The OBS loss of removing each live channel alone."""
-        blocks = self.cols[live]  # [live, group]
+        if self.blocks is not None:
+            return self._moved_losses(live)
+        return self._block_losses(self.cols[live])
+
+    def _moved_losses(self, live: np.ndarray) -> np.ndarray:
+        """:meth:`losses` where channels hold different numbers of columns (none, one or
+        several positions): the channels of each column count together."""
+        assert self.blocks is not None
+        sizes = np.array([len(self.blocks[k]) for k in live])
+        out = np.zeros(len(live))
+        for size in np.unique(sizes[sizes > 0]):
+            at = np.flatnonzero(sizes == size)
+            out[at] = self._block_losses(np.stack([self.blocks[k] for k in live[at]]))
+        return out
+
+    def _block_losses(self, blocks: np.ndarray) -> np.ndarray:
+        """The OBS loss of removing each row of column ``blocks`` [n, g] alone."""
         Hinv_blocks = self.Hinv[blocks[:, :, None], blocks[:, None, :]]  # [live, g, g]
         W_blocks = self.W[:, blocks]  # [N, live, g]
         inv_blocks = np.linalg.inv(Hinv_blocks)
@@ -141,7 +188,12 @@ class _Part:
 
     def remove(self, chosen: np.ndarray) -> None:
         """Remove channels ``chosen`` together, with one joint update of the others."""
-        M = self.cols[chosen].reshape(-1)
+        if self.blocks is not None:
+            M = np.concatenate([self.blocks[k] for k in chosen])
+            if not len(M):
+                return
+        else:
+            M = self.cols[chosen].reshape(-1)
         Hinv, W = self.Hinv, self.W
         solve = np.linalg.solve(Hinv[np.ix_(M, M)], Hinv[M, :])  # (H⁻¹_MM)⁻¹ H⁻¹_{M,:}
         W -= W[:, M] @ solve
@@ -159,9 +211,12 @@ class _Part:
         return ChannelSolution(kept, self.W[:, :self.columns].astype(np.float32), bias, err)
 
 
-def _greedy(parts: Sequence[_Part], keeps: Sequence[int]) -> dict[int, list[ChannelSolution]]:
-    """Remove channels cheapest-first (summed cost over the parts), recording each keep count."""
-    channels = parts[0].channels
+def _greedy(parts: Sequence[_Part], keeps: Sequence[int], segments: np.ndarray | None = None,
+            counts: Callable[[int], np.ndarray | None] | None = None,
+            ) -> dict[int, list[ChannelSolution]]:
+    """Remove channels cheapest-first (summed cost over the parts), recording each keep count;
+    with ``segments``, never below a segment's share (``counts``) of each keep."""
+    channels = parts[0].width
     wanted = sorted({int(k) for k in keeps if 1 <= int(k) <= channels}, reverse=True)
     results: dict[int, list[ChannelSolution]] = {}
     alive = np.ones(channels, dtype=bool)
@@ -174,15 +229,32 @@ def _greedy(parts: Sequence[_Part], keeps: Sequence[int]) -> dict[int, list[Chan
         record(channels)
     per_step = max(1, channels // STEPS)
     for keep in wanted:
+        quota = None if segments is None or counts is None else counts(keep)
         while alive.sum() > keep:
             live = np.flatnonzero(alive)
+            if quota is not None:
+                spare = np.bincount(segments[alive], minlength=len(quota)) - quota
+                live = live[spare[segments[live]] > 0]
+                if not len(live):
+                    break  # every segment at its share (a share that grew as keep fell)
             if len(parts) == 1:
                 loss = parts[0].losses(live)
             else:  # relative to each consumer's output energy
                 loss = sum(p.losses(live) / p.total if p.total > 0 else p.losses(live)
                            for p in parts)
             count = min(per_step, int(alive.sum()) - keep)
-            chosen = live[np.argsort(loss)[:count]]
+            order = live[np.argsort(loss)]
+            if quota is None:
+                chosen = order[:count]
+            else:  # the cheapest, as far as each segment has channels to spare
+                taken: list[int] = []
+                for k in order:
+                    if spare[segments[k]] > 0:
+                        spare[segments[k]] -= 1
+                        taken.append(int(k))
+                        if len(taken) == count:
+                            break
+                chosen = np.asarray(taken, dtype=np.int64)
             for part in parts:
                 part.remove(chosen)
             alive[chosen] = False

@@ -109,8 +109,8 @@ def render_inspect(console: Console, report: dict) -> None:
     groups = report.get("groups") or []
     if groups:
         listing = Table(title=f"Coupled groups ({len(groups)}): channels shared across residual "
-                              "Adds or consumers, pruned together (one width, decided at the "
-                              "first consumer)", title_justify="left")
+                              "Adds, consumers, Concats and Splits, pruned together (one width, "
+                              "decided at the first consumer)", title_justify="left")
         for column in ("kind", "producers", "consumers", "width", "couplers", "MACs"):
             listing.add_column(column, overflow="fold")
         for item in groups:

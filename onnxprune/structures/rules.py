@@ -12,9 +12,12 @@ maps op types to them (Torch-Pruning declares the same per op in ``dependency/``
   dims turn a channel into a contiguous group of features (a CNN's flatten before its classifier);
 * the **consumer** is the prunable MatMul/Gemm (rows) or group-1 Conv (input channels) that
   reads the channels: the walk ends there;
+* **Concat and Split** along the channels move them to other positions: a group walk
+  (``groups.py``, ``Walk.maps``) follows them with an index map per tensor; in a plain structure
+  they block;
 * anything else **blocks** the structure, with a reason: an op that mixes channels (Softmax,
-  LayerNormalization or a reduction over the axis, Concat, Split, Gather, a Reshape that splits
-  the axis), an op no rule knows, or a rule that does not apply to how the node reads them.
+  LayerNormalization or a reduction over the axis, Slice, Gather, a Reshape that splits the
+  axis), an op no rule knows, or a rule that does not apply to how the node reads them.
 
 A rule gets the reading node as a :class:`Read` and returns the tensors that now carry the
 channels (``[]`` when none: a consumer, a second operand already seen), ``None`` when it does not
@@ -39,7 +42,7 @@ from onnxprune.structures.graphview import (
     concat_piece,
     reads_other_dims_only,
 )
-from onnxprune.structures.types import ConstantSlice, ShapeEdit
+from onnxprune.structures.types import ConstantSlice, ShapeEdit, SplitEdit
 
 UNARY = frozenset({
     "Relu", "Clip", "Sigmoid", "Tanh", "Erf", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu",
@@ -78,6 +81,23 @@ class Walk:
     reshapes: list[ShapeEdit] = field(default_factory=list)
     pending: dict[str, onnx.NodeProto] = field(default_factory=dict)
     fixed: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
+    maps: dict[str, tuple[int, ...]] | None = None
+    """Group walks only (``groups.py``): tensor -> the group index at each channel position, so
+    that Concat and Split can move channels; None in a plain walk, where they block."""
+    sites: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Group walks: node -> the group indices of the channels it reads (what it cuts)."""
+    splits: list[SplitEdit] = field(default_factory=list)
+    concats: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    """Group walks: Concats reached whose other inputs are not known to carry channels yet."""
+
+    def extent(self, tensor: str) -> int:
+        """Channel positions of ``tensor`` (the walk's width unless Concat/Split moved them)."""
+        if self.maps is not None and tensor in self.maps:
+            return len(self.maps[tensor])
+        return self.width
+
+    def same_indices(self, a: str, b: str) -> bool:
+        return self.maps is None or self.maps.get(a) == self.maps.get(b)
 
 @dataclass(frozen=True)
 class Read:
@@ -113,7 +133,7 @@ class Read:
         """The node is a member; its first output carries the channels on ``axis`` (default:
         the same axis)."""
         return _carry(self.walk, self.node, self.node.output[0],
-                      self.axis if axis is None else axis, self.group)
+                      self.axis if axis is None else axis, self.group, self.tensor)
 
 
 Rule = Callable[[Read], "list[str] | None"]
@@ -154,6 +174,7 @@ def _consume(r: Read) -> list[str]:
     if not group_ok:
         raise Blocked(f"{op} {node.name!r} reads the channels on another axis")
     r.walk.consumers.append((node, axis, group))
+    _site(r.walk, node.name, r.tensor)
     return []
 
 
@@ -173,7 +194,7 @@ def _conv(r: Read) -> list[str] | None:
         return _consume(r)
     weight = r.graph.constant(r.node.input[1])
     conv_group = int(attr(r.node, "group", 1))
-    width = r.walk.width
+    width = r.walk.extent(r.tensor)
     if (weight is None or r.axis != 1 or r.group != 1 or conv_group != width
             or weight.shape[0] != width or weight.shape[1] != 1):
         raise Blocked(f"Conv {r.node.name!r} mixes channels and is not prunable")
@@ -213,7 +234,8 @@ def _binary(r: Read) -> list[str]:
             _per_channel(graph, walk, node, index, tensor)
         else:
             walk.pending[name] = node
-            if other in walk.tensors and walk.tensors[other] != (r.axis, r.group):
+            if other in walk.tensors and (walk.tensors[other] != (r.axis, r.group)
+                                          or not walk.same_indices(other, tensor)):
                 raise Blocked(f"{op} {name!r} joins the channels on different axes")
     if r.rank is not None and graph.rank(node.output[0]) != r.rank:
         raise Blocked(f"{op} {name!r} broadcasts the channels to another rank")
@@ -312,6 +334,91 @@ def _squeeze(r: Read) -> list[str] | None:
     return r.carry(mapped[0])
 
 
+# --------------------------------------------------------------------------- index moves
+def _split(r: Read) -> list[str] | None:
+    """Split along the channels (group walks only): each piece carries its run of indices, and
+    its size shrinks with them (a :class:`SplitEdit`)."""
+    walk, node = r.walk, r.node
+    if walk.maps is None or not r.first:
+        return None
+    sizes = _split_sizes(r)
+    indices = walk.maps[r.tensor]
+    walk.members[node.name] = node
+    new, start = [], 0
+    pieces = []
+    for out, size in zip(node.output, sizes, strict=True):
+        piece = indices[start:start + size]
+        start += size
+        pieces.append(piece)
+        if not out:
+            raise Blocked(f"Split {node.name!r} drops a piece of the channels")
+        if out in walk.tensors:
+            if walk.tensors[out] != (r.axis, 1) or walk.maps.get(out) != piece:
+                raise Blocked(f"Split {node.name!r} meets channels it does not carry")
+            continue
+        walk.tensors[out], walk.maps[out] = (r.axis, 1), piece
+        new.append(out)
+    if not any(edit.node == node.name for edit in walk.splits):
+        walk.splits.append(SplitEdit(node.name, tuple(pieces)))
+    return new
+
+
+def _split_sizes(r: Read) -> list[int]:
+    node, rank = r.node, r.rank
+    if rank is None or int(attr(node, "axis", 0)) % rank != r.axis or r.group != 1:
+        raise Blocked(f"Split {r.node.name!r} splits along another axis")
+    extent = r.walk.extent(r.tensor)
+    if len(node.input) > 1 and node.input[1]:
+        value = r.graph.constant(node.input[1])
+        if value is None:
+            raise Blocked(f"Split {node.name!r} has run-time piece sizes")
+        sizes = [int(v) for v in value.reshape(-1)]
+    elif attr(node, "split") is not None:
+        sizes = [int(v) for v in attr(node, "split")]
+    else:
+        count = len(node.output)
+        if extent % count:
+            raise Blocked(f"Split {node.name!r} splits {extent} channels unevenly")
+        sizes = [extent // count] * count
+    if sum(sizes) != extent or len(sizes) != len(node.output):
+        raise Blocked(f"Split {node.name!r} piece sizes do not add up to the channels")
+    return sizes
+
+
+def _concat(r: Read) -> list[str] | None:
+    """Concat along the channels (group walks only): the output carries every input's indices
+    in turn, once each input is known to carry some (``groups.py`` follows the others back)."""
+    walk, node, rank = r.walk, r.node, r.rank
+    if walk.maps is None:
+        return None
+    if rank is None or int(attr(node, "axis", 0)) % rank != r.axis or r.group != 1:
+        raise Blocked(f"Concat {node.name!r} joins along another axis")
+    walk.concats[node.name] = node
+    return join_concat(r.graph, walk, node)
+
+
+def join_concat(graph: GraphView, walk: Walk, node: onnx.NodeProto) -> list[str]:
+    """The Concat's output, carrying its inputs' indices, when every input carries some."""
+    assert walk.maps is not None
+    if any(graph.constant(i) is not None for i in node.input if i):
+        raise Blocked(f"Concat {node.name!r} joins the channels with constants")
+    inputs = [i for i in node.input if i]
+    if not all(i in walk.tensors for i in inputs):
+        return []
+    carried = {walk.tensors[i] for i in inputs}
+    if len(carried) != 1:
+        raise Blocked(f"Concat {node.name!r} joins channels carried on different axes")
+    walk.concats.pop(node.name, None)
+    walk.members[node.name] = node
+    out, indices = node.output[0], tuple(j for i in inputs for j in walk.maps[i])
+    if out in walk.tensors:
+        if walk.maps.get(out) != indices:
+            raise Blocked(f"Concat {node.name!r} meets channels it does not carry")
+        return []
+    walk.tensors[out], walk.maps[out] = next(iter(carried)), indices
+    return [out]
+
+
 def _shape(r: Read) -> list[str] | None:
     """A ``Shape`` that reads only other dims (the batch or length, which removing channels
     does not change) carries nothing."""
@@ -333,17 +440,30 @@ RULES: dict[str, Rule] = {
     "Flatten": _flatten_reshape, "Reshape": _flatten_reshape,
     "Squeeze": _squeeze, "Unsqueeze": _squeeze,
     "Shape": _shape,
+    "Split": _split, "Concat": _concat,
 }
 """The rule of each op that can carry channels (ops not here block: see :data:`BLOCKING`)."""
 
 
 # --------------------------------------------------------------------------- shared helpers
-def _carry(walk: Walk, node: onnx.NodeProto, out: str, axis: int, group: int) -> list[str]:
+def _carry(walk: Walk, node: onnx.NodeProto, out: str, axis: int, group: int,
+           source: str) -> list[str]:
     walk.members[node.name] = node
+    _site(walk, node.name, source)
     if out in walk.tensors:
+        if not walk.same_indices(out, source):
+            raise Blocked(f"{node.op_type} {node.name!r} meets channels it does not carry")
         return []
     walk.tensors[out] = (axis, group)
+    if walk.maps is not None:
+        walk.maps[out] = walk.maps[source]
     return [out]
+
+
+def _site(walk: Walk, node: str, tensor: str) -> None:
+    """Record which group indices ``node`` reads (group walks)."""
+    if walk.maps is not None and tensor in walk.maps:
+        walk.sites.setdefault(node, walk.maps[tensor])
 
 
 def _per_channel(graph: GraphView, walk: Walk, node: onnx.NodeProto, index: int,
@@ -359,7 +479,7 @@ def _per_channel(graph: GraphView, walk: Walk, node: onnx.NodeProto, index: int,
     const_axis = axis - (rank - value.ndim)
     if const_axis < 0 or value.shape[const_axis] == 1:
         return  # broadcast along the channels: nothing to cut
-    if value.shape[const_axis] != walk.width * group:
+    if value.shape[const_axis] != walk.extent(tensor) * group:
         raise Blocked(f"{node.op_type} {node.name!r} has a constant of another width")
     walk.slices.append(ConstantSlice(node.name, index, const_axis, group))
 
@@ -384,7 +504,7 @@ def _reshape(graph: GraphView, walk: Walk, node: onnx.NodeProto, tensor: str, ax
         if int(np.prod(out_shape[:position])) != before:
             continue
         trailing = int(np.prod(out_shape[position + 1:]))
-        if inner % trailing or out_shape[position] != walk.width * (inner // trailing):
+        if inner % trailing or out_shape[position] != walk.extent(tensor) * (inner // trailing):
             continue
         new_group = inner // trailing
         if node.op_type == "Reshape":
@@ -402,7 +522,8 @@ def _reshape(graph: GraphView, walk: Walk, node: onnx.NodeProto, tensor: str, ax
                 raise Blocked(f"Reshape {node.name!r} target does not match its output")
             if entry == out_shape[position]:
                 walk.reshapes.append(edit)
+                _site(walk, edit.node, tensor)
         elif int(attr(node, "axis", 1)) != position:
             continue
-        return _carry(walk, node, node.output[0], position, new_group)
+        return _carry(walk, node, node.output[0], position, new_group, tensor)
     raise Blocked(f"{node.op_type} {node.name!r} mixes the channel axis with others")

@@ -45,10 +45,15 @@ def consumer_rows(structure: Structure | ChannelGroup, candidate: Candidate,
     MatMul/Gemm: rows of W[K, N] (``consumer_group`` per channel). Conv: input channels of
     W[O, C, kh, kw].
     """
+    positions = structure.positions(candidate.name, kept)
     if candidate.op == "Conv":
-        return np.asarray(kept, dtype=np.int64)
-    group = structure.group_of(candidate.name)
-    return (np.asarray(kept, dtype=np.int64)[:, None] * group + np.arange(group)).reshape(-1)
+        return positions
+    return _expand(positions, structure.group_of(candidate.name))
+
+
+def _expand(positions: np.ndarray, group: int) -> np.ndarray:
+    """Entries of ``positions`` when each channel is ``group`` consecutive entries."""
+    return (np.asarray(positions, dtype=np.int64)[:, None] * group + np.arange(group)).reshape(-1)
 
 
 class _Writer:
@@ -123,10 +128,10 @@ def apply_cuts(
 
     for cut in cuts:
         structure, kept = cut.structure, np.asarray(cut.kept, dtype=np.int64)
-        columns = (kept[:, None] * structure.producer_group
-                   + np.arange(structure.producer_group)).reshape(-1)
         for name in structure.producers:
             producer = candidates[name]
+            columns = _expand(structure.positions(name, kept, output=True),
+                              structure.producer_group)
             w = current(name)
             canonical[name] = w[columns] if producer.op == "Conv" else w[:, columns]
             if biases[name] is not None:
@@ -149,32 +154,54 @@ def apply_cuts(
 
 def _cut_members(model: onnx.ModelProto, nodes: Mapping[str, onnx.NodeProto], writer: _Writer,
                  structure: Structure | ChannelGroup, kept: np.ndarray) -> None:
-    width = len(kept)
     for cut in structure.slices:
         node = nodes[cut.node]
         value = _constant(model, node.input[cut.input_index])
-        index = (kept[:, None] * cut.group + np.arange(cut.group)).reshape(-1)
+        index = _expand(structure.positions(cut.node, kept), cut.group)
         node.input[cut.input_index] = writer.add(f"{node.name}/cut{cut.input_index}",
                                                  np.take(value, index, axis=cut.axis))
     for name in structure.batchnorms:
         node = nodes[name]
+        at = structure.positions(name, kept)
         for index in range(1, 5):
             value = _constant(model, node.input[index])
-            node.input[index] = writer.add(f"{name}/cut{index}", value[kept])
+            node.input[index] = writer.add(f"{name}/cut{index}", value[at])
     for name in structure.depthwise:
         node = nodes[name]
-        node.input[1] = writer.add(f"{name}/weight", _constant(model, node.input[1])[kept])
+        at = structure.positions(name, kept)
+        node.input[1] = writer.add(f"{name}/weight", _constant(model, node.input[1])[at])
         if len(node.input) > 2 and node.input[2]:
-            node.input[2] = writer.add(f"{name}/bias", _constant(model, node.input[2])[kept])
-        _set_attr(node, "group", width)
+            node.input[2] = writer.add(f"{name}/bias", _constant(model, node.input[2])[at])
+        _set_attr(node, "group", len(at))
     for edit in structure.reshapes:
         if edit.node not in nodes:
             continue  # an isolated subgraph: its run-time shapes were fixed with -1 instead
         node = nodes[edit.node]
         target = (np.asarray(edit.known, dtype=np.int64) if edit.known is not None
                   else _constant(model, node.input[edit.input_index]).copy())
-        target.reshape(-1)[edit.position] = width * edit.group
+        target.reshape(-1)[edit.position] = len(structure.positions(edit.node, kept)) * edit.group
         node.input[edit.input_index] = writer.add(f"{node.name}/shape", target)
+    for edit in getattr(structure, "splits", ()):
+        _resize_split(model, nodes[edit.node], writer,
+                      [int(np.isin(piece, kept).sum()) for piece in edit.pieces])
+
+
+def _resize_split(model: onnx.ModelProto, node: onnx.NodeProto, writer: _Writer,
+                  sizes: list[int]) -> None:
+    """Give ``node`` (a Split) explicit piece sizes: its ``split`` input from opset 13 on (and
+    no ``num_outputs``), else its ``split`` attribute."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:
+        _set_attr(node, "split", sizes)
+        return
+    name = writer.add(f"{node.name}/split", np.asarray(sizes, dtype=np.int64))
+    if len(node.input) > 1:
+        node.input[1] = name
+    else:
+        node.input.append(name)
+    kept = [a for a in node.attribute if a.name != "num_outputs"]
+    del node.attribute[:]
+    node.attribute.extend(kept)
 
 
 def _write_node(node: onnx.NodeProto, candidate: Candidate, weight: np.ndarray,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class ConstantSlice:
@@ -44,6 +46,15 @@ class ShapeEdit:
     group: int
     input_index: int = 1
     known: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SplitEdit:
+    """A ``Split`` along a group's channel axis: the size of each piece becomes the number of
+    kept channels among the group indices it carries (``pieces``, one tuple per output)."""
+
+    node: str
+    pieces: tuple[tuple[int, ...], ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +117,19 @@ class Structure:
         """Consecutive rows of ``consumer``'s canonical weight per channel."""
         return self.consumer_group
 
+    def map_of(self, node: str, *, output: bool = False) -> np.ndarray:
+        """Every channel, in order, at every node (a :class:`ChannelGroup` can move them)."""
+        return np.arange(self.width, dtype=np.int64)
+
+    def positions(self, node: str, kept: np.ndarray, *, output: bool = False) -> np.ndarray:
+        return np.asarray(kept, dtype=np.int64)
+
+    def keep_counts(self, keep: int) -> np.ndarray | None:
+        return np.asarray([keep]) if 1 <= keep <= self.width else None
+
+    def first_kept(self, keep: int) -> np.ndarray:
+        return np.arange(keep, dtype=np.int64)
+
     def to_json(self) -> dict:
         return {"name": self.name, "kind": self.kind, "producers": list(self.producers),
                 "consumer": self.consumer, "members": list(self.members), "width": self.width,
@@ -129,9 +153,16 @@ class ChannelGroup:
         producers: the producer candidates (their output channels go), in graph order.
         consumers: the consumer candidates (their input rows go), in graph order.
         consumer_groups: consecutive canonical rows per channel of each consumer (same order).
-        couplers: the binary nodes with two computed operands that tie the producers.
+        couplers: the binary nodes with two computed operands that tie the producers, and the
+            Concats that join channels.
         members, width, slices, depthwise, batchnorms, reshapes, fixed_shapes,
             external_inputs: as for :class:`Structure`.
+        maps: where Concat and Split move the channels (YOLO's C2f: Split -> bottleneck ->
+            Concat), the group index of each channel position a node reads (a consumer's
+            inputs, a member's per-channel constants), by node; a node not listed reads every
+            index in order. ``width`` then counts the distinct indices.
+        out_maps: the same for the producers' outputs.
+        splits: the Splits whose piece sizes shrink with the kept indices.
     """
 
     name: str
@@ -149,6 +180,58 @@ class ChannelGroup:
     producer_group: int = 1
     fixed_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     external_inputs: tuple[tuple[str, tuple[int, ...], int], ...] = ()
+    maps: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    out_maps: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    splits: tuple[SplitEdit, ...] = ()
+
+    def map_of(self, node: str, *, output: bool = False) -> np.ndarray:
+        """The group index of each channel position ``node`` reads (``output``: that a producer
+        writes); every index in order where the channels reach it whole."""
+        for name, indices in self.out_maps if output else self.maps:
+            if name == node:
+                return np.asarray(indices, dtype=np.int64)
+        return np.arange(self.width, dtype=np.int64)
+
+    def positions(self, node: str, kept: np.ndarray, *, output: bool = False) -> np.ndarray:
+        """``node``'s channel positions that hold kept group indices, ascending."""
+        return np.flatnonzero(np.isin(self.map_of(node, output=output),
+                                      np.asarray(kept, dtype=np.int64)))
+
+    @property
+    def segments(self) -> np.ndarray:
+        """A segment id per group index: the finest runs that every producer's and Split piece's
+        index range respects. Each segment keeps a share of a width (:meth:`keep_counts`), so no
+        producer and no Split piece is ever emptied."""
+        cuts = {0, self.width}
+        ranges = [self.map_of(p, output=True) for p in self.producers]
+        ranges += [np.asarray(piece) for edit in self.splits for piece in edit.pieces]
+        for r in ranges:
+            if len(r):
+                cuts.update((int(r.min()), int(r.max()) + 1))
+        return np.searchsorted(sorted(cuts), np.arange(self.width), side="right") - 1
+
+    def keep_counts(self, keep: int) -> np.ndarray | None:
+        """How many indices each segment keeps when the group keeps ``keep`` (largest
+        remainders, at least one each); None when ``keep`` is below one per segment."""
+        sizes = np.bincount(self.segments)
+        if keep < len(sizes) or keep > self.width:
+            return None
+        share = sizes * (keep / self.width)
+        counts = np.maximum(np.floor(share).astype(np.int64), 1)
+        while counts.sum() > keep:
+            counts[np.argmax(np.where(counts > 1, counts - share, -np.inf))] -= 1
+        while counts.sum() < keep:
+            counts[np.argmax(np.where(counts < sizes, share - counts, -np.inf))] += 1
+        return counts
+
+    def first_kept(self, keep: int) -> np.ndarray:
+        """A kept set of size ``keep`` that respects :meth:`keep_counts` (for timing, where
+        which channels go does not matter)."""
+        counts = self.keep_counts(keep)
+        if counts is None:
+            raise ValueError(f"{self.name} cannot keep {keep} of {self.width} channels")
+        segments = self.segments
+        return np.concatenate([np.flatnonzero(segments == s)[:n] for s, n in enumerate(counts)])
 
     @property
     def producer(self) -> str:

@@ -91,3 +91,39 @@ def test_consumers_of_one_group_lose_the_same_channels_each_compensated():
     assert second.err >= alone.err - 1e-12  # sharing costs the big consumer, never helps it
     with pytest.raises(ValueError, match="different channel counts"):
         remove_channels_jointly([(W1, H, 1), (W1[:, :8], H[:8, :8], 1)], [4])
+
+
+def test_moved_channels_go_from_every_position_and_no_segment_is_emptied():
+    # a group of 8 indices in two segments (a Split's pieces 0-3 and 4-7): one consumer reads
+    # them all, one only the second piece, one the first piece twice (a Concat of it with itself)
+    X, W_all, _, H_all, _ = _data(8, 1, seed=3)
+    rng = np.random.default_rng(4)
+    second, twice = np.arange(4, 8), np.array([0, 1, 2, 3, 0, 1, 2, 3])
+    W_second, W_twice = rng.standard_normal((5, 4)), rng.standard_normal((6, 8))
+    H_second = H_all[np.ix_(second, second)]
+    H_twice = H_all[np.ix_(twice, twice)]
+    segments = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+
+    def counts(keep: int) -> np.ndarray:
+        return np.array([keep // 2, keep - keep // 2])
+
+    parts = [(W_all, H_all, 1, np.arange(8)), (W_second, H_second, 1, second),
+             (W_twice, H_twice, 1, twice)]
+    joint = remove_channels_jointly(parts, [6, 2], percdamp=0.1, width=8, segments=segments,
+                                    counts=counts)
+    for keep, solutions in joint.items():
+        kept = solutions[0].kept
+        assert all((s.kept == kept).all() for s in solutions)
+        np.testing.assert_array_equal(np.bincount(segments[kept], minlength=2), counts(keep))
+        for (_, _, _, index), solution in zip(parts, solutions, strict=True):
+            gone = ~np.isin(index, kept)
+            assert not solution.weight[:, gone].any()  # every position of a removed index
+            assert solution.weight[:, ~gone].any()
+            assert solution.err >= 0.0
+    # a consumer that reads none of the removed indices keeps its weight untouched
+    untouched = remove_channels_jointly(parts[:2], [5], percdamp=0.1, width=8,
+                                        segments=segments,
+                                        counts=lambda keep: np.array([keep - 4, 4]))[5]
+    np.testing.assert_array_equal(untouched[0].kept, [untouched[0].kept[0], 4, 5, 6, 7])
+    np.testing.assert_array_equal(untouched[1].weight, W_second.astype(np.float32))
+    assert untouched[1].err == 0.0

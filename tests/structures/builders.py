@@ -137,6 +137,8 @@ def conv_chain(width: int, ops: Sequence[str], seed: int = 0, flatten: bool = Fa
 
 BLOCKS = ("bottleneck", "downsample", "single", "se")
 """Residual blocks :func:`residual_net` draws from (see there)."""
+MOVING_BLOCKS = ("c2f", "c2f-plain", "sppf", "concat", "split-add")
+"""Blocks where Concat and Split move the channels (:func:`residual_net`)."""
 BLOCK_OPS = tuple(op for op in CONV_OPS if op != "pad")
 """Ops inside a residual block: any that keep the spatial size (the Add needs it)."""
 
@@ -153,7 +155,14 @@ def residual_net(width: int, blocks: Sequence[str], ops: Sequence[str] = ("relu"
         the old stream has two consumers, the new one two producers;
       * "single": ``s + Conv1x1(s)`` — one Conv both reads and writes the stream;
       * "se": ``s · Sigmoid(Conv(Relu(Conv(GlobalAveragePool(s)))))`` — squeeze-excitation, a
-        Mul of two computed operands.
+        Mul of two computed operands;
+      * "c2f" / "c2f-plain": YOLOv8's C2f, ``a = Conv(s)`` (2·hidden), ``y0, y1 = Split(a)``,
+        ``m = Conv3x3(ops(Conv1x1(y1)))`` (+ ``y1`` in "c2f"), ``s = Relu(Conv(Concat(y0, y1,
+        m)))``;
+      * "sppf": ``a = Conv(s)``, two stride-1 MaxPools, ``s = Conv(Concat(a, p1, p2))``;
+      * "concat": ``s = Conv(Concat(Conv(s), Relu(Conv(s))))`` — two producers side by side;
+      * "split-add": ``y0, y1 = Split(Conv(s))`` (2·width), ``s = s + y0 + Conv(y1)``: the
+        stream meets a Split piece, so the group is followed back through the Split.
     ``ops`` run after every block's first conv (names from :data:`BLOCK_OPS`, at width ``hidden``).
     """
     rng = np.random.default_rng(seed)
@@ -166,8 +175,41 @@ def residual_net(width: int, blocks: Sequence[str], ops: Sequence[str] = ("relu"
         return chain.node("Conv", [x, weight, chain.const(rng.standard_normal(c_out) * 0.1)],
                           pads=pads)
 
+    def split(x: str, sizes: list[int]) -> list[str]:
+        outs = [chain.name("piece") for _ in sizes]
+        chain.nodes.append(helper.make_node(
+            "Split", [x, chain.const(np.asarray(sizes, dtype=np.int64), "sizes")], outs,
+            name=chain.name("Split"), axis=1))
+        return outs
+
+    def concat(parts: list[str]) -> str:
+        return chain.node("Concat", parts, axis=1)
+
     s = chain.ops(conv("x", width, c_in, 3), ["bn", "relu"], width, conv=True)
     for block in blocks:
+        if block in ("c2f", "c2f-plain"):
+            y0, y1 = split(chain.node("Relu", [conv(s, 2 * hidden, width)]), [hidden, hidden])
+            m = conv(chain.ops(conv(y1, hidden, hidden), ops, hidden, conv=True), hidden, hidden,
+                     3)
+            if block == "c2f":
+                m = chain.node("Add", [y1, m])
+            s = chain.node("Relu", [conv(concat([y0, y1, m]), width, 3 * hidden)])
+            continue
+        if block == "sppf":
+            a = conv(s, hidden, width)
+            p1 = chain.node("MaxPool", [a], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+            p2 = chain.node("MaxPool", [p1], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+            s = conv(concat([a, p1, p2]), width, 3 * hidden)
+            continue
+        if block == "concat":
+            left = conv(s, hidden, width)
+            right = chain.node("Relu", [conv(s, hidden, width, 3)])
+            s = conv(concat([left, right]), width, 2 * hidden)
+            continue
+        if block == "split-add":
+            y0, y1 = split(conv(s, 2 * width, width), [width, width])
+            s = chain.node("Add", [chain.node("Add", [s, y0]), conv(y1, width, width)])
+            continue
         if block == "se":
             squeeze = chain.node("Relu", [conv(chain.node("GlobalAveragePool", [s]), hidden,
                                                width)])

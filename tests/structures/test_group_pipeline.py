@@ -20,7 +20,8 @@ from tests.structures.builders import residual_net
 
 
 @pytest.mark.parametrize("blocks", [("bottleneck", "bottleneck"), ("downsample", "se",
-                                                                    "single")])
+                                                                    "single"),
+                                    ("c2f", "sppf", "split-add")])
 def test_a_residual_stream_is_pruned_as_one_group_and_written_exactly(blocks, tmp_path):
     model = residual_net(32, blocks, ops=("relu",), hidden=16, seed=3)
     source = tmp_path / "in.onnx"
@@ -32,7 +33,7 @@ def test_a_residual_stream_is_pruned_as_one_group_and_written_exactly(blocks, tm
                          threads=1, verify_sessions=1, verify_seconds=0.0, verify_rounds=2,
                          max_error=10.0, max_channel_error=1e9, recover=False)
     report = prune(source, tmp_path / "out.onnx", config, timing=timing)
-    groups = [s for s in report.structures if s["kind"] in ("residual", "fan-out")]
+    groups = [s for s in report.structures if s["kind"] in ("residual", "fan-out", "concat")]
     assert groups, report.structures_blocked
     stream = groups[0]
     layers = {layer.name: layer for layer in report.layers}

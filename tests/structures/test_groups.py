@@ -16,7 +16,13 @@ from onnxprune.graph.shapes import bind_input_shapes, infer_tensor_shapes
 from onnxprune.structures.discover import find_structures
 from onnxprune.structures.shrink import StructureCut, apply_cuts, masked_consumer_weight
 from tests.models import init, make_model, tensor
-from tests.structures.builders import BLOCK_OPS, BLOCKS, residual_mlp, residual_net
+from tests.structures.builders import (
+    BLOCK_OPS,
+    BLOCKS,
+    MOVING_BLOCKS,
+    residual_mlp,
+    residual_net,
+)
 
 
 def _discover(model: onnx.ModelProto, shapes: dict):
@@ -42,8 +48,7 @@ def _check_exact(model: onnx.ModelProto, shape: tuple[int, ...], batches: tuple[
     rng = np.random.default_rng(seed)
     cuts, weights = [], {}
     for structure in (*found.structures, *found.groups):
-        keep = max(1, int(structure.width * keep_fraction))
-        kept = np.sort(rng.choice(structure.width, keep, replace=False))
+        kept = random_kept(structure, keep_fraction, rng)
         cuts.append(StructureCut(structure, kept))
         for name in structure.consumers:
             weight = weights.get(name, candidates[name].weight)
@@ -123,6 +128,18 @@ def test_groups_block_at_the_graph_interface_with_reasons():
         "the channels reach the graph output 'r'"
 
 
+def random_kept(structure, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A random kept set of about ``fraction`` of the channels that every segment of a group
+    (producer ranges, Split pieces) keeps its share of."""
+    keep = max(1, int(structure.width * fraction))
+    counts = structure.keep_counts(keep)
+    if counts is None:
+        counts = structure.keep_counts(len(np.bincount(getattr(structure, "segments", [0]))))
+    segments = getattr(structure, "segments", np.zeros(structure.width, dtype=np.int64))
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(segments == s), n, replace=False)
+                                   for s, n in enumerate(counts)]))
+
+
 def test_two_consumers_of_one_producer_are_a_fan_out_group():
     rng = np.random.default_rng(0)
     inits = [init(n, rng.standard_normal((6, 6))) for n in ("w", "v", "u")]
@@ -146,4 +163,37 @@ def test_two_consumers_of_one_producer_are_a_fan_out_group():
        seed=st.integers(0, 1000), keep=st.floats(0.05, 0.95))
 def test_random_residual_nets_cut_equal_masked_dense(blocks, ops, width, seed, keep):
     model = residual_net(width, blocks, ops, seed=seed)
+    _check_exact(model, (2, 3, 6, 6), batches=(1, 3), seed=seed, keep_fraction=keep)
+
+
+def test_c2f_and_sppf_are_groups_with_moved_indices():
+    model = residual_net(4, ["c2f", "sppf", "c2f-plain", "split-add"], hidden=3)
+    _, found = _discover(model, {"x": (2, 3, 6, 6)})
+    moved = [g for g in found.groups if g.kind == "concat"]
+    c2f = next(g for g in moved if len(g.splits) == 1 and len(g.producers) == 2)
+    assert c2f.width == 6  # cv1's 2·hidden outputs; the bottleneck writes the second half again
+    (edit,) = c2f.splits
+    assert edit.pieces == ((0, 1, 2), (3, 4, 5))
+    cv2 = c2f.consumers[-1]
+    assert tuple(c2f.map_of(cv2)) == (0, 1, 2, 3, 4, 5, 3, 4, 5)
+    sppf = next(g for g in moved if not g.splits and len(g.producers) == 1)
+    assert tuple(sppf.map_of(sppf.consumer)) == (0, 1, 2) * 3
+    plain = next(g for g in moved if len(g.splits) == 1 and len(g.producers) == 2
+                 and g is not c2f)
+    assert plain.width == 9  # y0, y1 and the bottleneck's own output: no residual ties them
+    split_add = next(g for g in found.groups if g.kind == "concat" and g.width == 8)
+    assert len(split_add.producers) == 3  # the stream, the Split's producer, Conv(y1)
+    assert all(np.bincount(g.segments).min() >= 1 for g in moved)
+    _check_exact(model, (2, 3, 6, 6), batches=(1, 3), seed=0, keep_fraction=0.5)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(blocks=st.lists(st.sampled_from(BLOCKS + MOVING_BLOCKS), min_size=1, max_size=4),
+       ops=st.lists(st.sampled_from(BLOCK_OPS), max_size=3), width=st.integers(2, 8),
+       hidden=st.integers(2, 6), seed=st.integers(0, 1000), keep=st.floats(0.05, 0.95))
+def test_random_concat_split_nets_cut_equal_masked_dense(blocks, ops, width, hidden, seed, keep):
+    model = residual_net(width, blocks, ops, seed=seed, hidden=hidden)
+    _, found = _discover(model, {"x": (2, 3, 6, 6)})
+    if not found.groups:
+        return  # nothing coupled: the plain structures are tested elsewhere
     _check_exact(model, (2, 3, 6, 6), batches=(1, 3), seed=seed, keep_fraction=keep)
