@@ -120,6 +120,7 @@ bench-models: $(BENCH_STAMP)  ## build the real and generated benchmark models i
 	$(BIN)/python models/build_detector.py
 	$(BIN)/python models/build_scorer.py
 	$(BIN)/python models/build_effnet_imagenet.py
+	$(BIN)/python models/build_resnet50.py
 	$(BIN)/python benchmarks/generated_models.py
 
 clean:

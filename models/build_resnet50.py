@@ -1,6 +1,7 @@
 """Build a ResNet-50 (torchvision's v1.5 architecture) into .cache/bench/ for *latency* work.
 
-    .venv/bin/python models/build_resnet50.py [--out .cache/bench]    # needs make install-models
+    .venv/bin/python -m pip install torch==2.13.0
+    .venv/bin/python models/build_resnet50.py [--out .cache/bench]
 
 Why random weights: the ImageNet weights torchvision would load come from a model hub, which this
 project's machines cannot reach, and no package in the registry ships them. The file is still the

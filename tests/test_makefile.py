@@ -131,7 +131,8 @@ def test_dry_run_from_a_clean_tree_installs_what_the_build_needs(scratch):
     assert_installed_before_build(result.stdout.splitlines())
 
 
-@pytest.mark.parametrize("script", [BUILD, "models/build_detector.py", "models/build_scorer.py"])
+@pytest.mark.parametrize("script", [BUILD, "models/build_detector.py", "models/build_scorer.py",
+                                    "models/build_resnet50.py"])
 def test_bench_models_installs_what_each_build_script_needs(scratch, script):
     result = make(scratch, "-n", "bench-models")
     assert result.returncode == 0, result.stderr
