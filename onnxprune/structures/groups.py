@@ -41,7 +41,15 @@ import onnx
 
 from onnxprune.graph.candidates import Candidate
 from onnxprune.structures.graphview import Blocked, GraphView, attr
-from onnxprune.structures.rules import BINARY, POOLING, UNARY, Walk, join_concat, step
+from onnxprune.structures.rules import (
+    BINARY,
+    POOLING,
+    UNARY,
+    Walk,
+    join_concat,
+    split_sizes,
+    step,
+)
 from onnxprune.structures.types import BlockedStructure, ChannelGroup, Structure
 
 BACKWARD = frozenset({*UNARY, *BINARY, *POOLING, "BatchNormalization", "Conv", "Pad",
@@ -249,17 +257,7 @@ class _GroupWalk:
         axis = carried[0]
         if shape is None or carried[1] != 1 or int(attr(node, "axis", 0)) % len(shape) != axis:
             raise Blocked(f"Split {node.name!r} splits the channels along another axis")
-        if len(node.input) > 1 and node.input[1]:
-            value = graph.constant(node.input[1])
-            if value is None:
-                raise Blocked(f"Split {node.name!r} has run-time piece sizes")
-            sizes = [int(v) for v in value.reshape(-1)]
-        elif attr(node, "split") is not None:
-            sizes = [int(v) for v in attr(node, "split")]
-        else:
-            sizes = [shape[axis] // len(node.output)] * len(node.output)
-        if sum(sizes) != shape[axis]:
-            raise Blocked(f"Split {node.name!r} piece sizes do not add up to the channels")
+        sizes = split_sizes(graph, node, shape[axis])
         indices: list[int] = []
         for piece, size in zip(node.output, sizes, strict=True):
             known = self.maps.get(piece)

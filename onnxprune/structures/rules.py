@@ -367,9 +367,14 @@ def _split_sizes(r: Read) -> list[int]:
     node, rank = r.node, r.rank
     if rank is None or int(attr(node, "axis", 0)) % rank != r.axis or r.group != 1:
         raise Blocked(f"Split {r.node.name!r} splits along another axis")
-    extent = r.walk.extent(r.tensor)
+    return split_sizes(r.graph, node, r.walk.extent(r.tensor))
+
+
+def split_sizes(graph: GraphView, node: onnx.NodeProto, extent: int) -> list[int]:
+    """The piece sizes of a Split of ``extent`` channels: its ``split`` input (opset 13+) or
+    attribute, else equal pieces."""
     if len(node.input) > 1 and node.input[1]:
-        value = r.graph.constant(node.input[1])
+        value = graph.constant(node.input[1])
         if value is None:
             raise Blocked(f"Split {node.name!r} has run-time piece sizes")
         sizes = [int(v) for v in value.reshape(-1)]
