@@ -117,7 +117,7 @@ class StructureLayout:
             passes.update(remove_channels_jointly(
                 [(to_rows(c, c.weight), H, _channel_columns(structure, c),
                   structure.map_of(c.name)) for c, H in parts], keeps, percdamp=PERCDAMP,
-                width=structure.width, segments=getattr(structure, "segments", None),
+                width=structure.width, segments=structure.segments,
                 counts=structure.keep_counts))
         (own, *others) = [(c, from_rows(c, sol.weight).astype(np.float32),
                            structure_mask(c, sol.kept, context.structure), float(sol.err))

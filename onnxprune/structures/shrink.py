@@ -181,7 +181,7 @@ def _cut_members(model: onnx.ModelProto, nodes: Mapping[str, onnx.NodeProto], wr
                   else _constant(model, node.input[edit.input_index]).copy())
         target.reshape(-1)[edit.position] = len(structure.positions(edit.node, kept)) * edit.group
         node.input[edit.input_index] = writer.add(f"{node.name}/shape", target)
-    for edit in getattr(structure, "splits", ()):
+    for edit in structure.splits:
         _resize_split(model, nodes[edit.node], writer,
                       [int(np.isin(piece, kept).sum()) for piece in edit.pieces])
 

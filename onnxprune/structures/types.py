@@ -10,6 +10,7 @@ module alone and not on how structures are found (``structures/discover.py``, ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -124,6 +125,15 @@ class Structure:
     def positions(self, node: str, kept: np.ndarray, *, output: bool = False) -> np.ndarray:
         return np.asarray(kept, dtype=np.int64)
 
+    @property
+    def segments(self) -> np.ndarray:
+        """One segment: a plain structure's channels are one run."""
+        return np.zeros(self.width, dtype=np.int64)
+
+    @property
+    def splits(self) -> tuple[SplitEdit, ...]:
+        return ()
+
     def keep_counts(self, keep: int) -> np.ndarray | None:
         return np.asarray([keep]) if 1 <= keep <= self.width else None
 
@@ -197,7 +207,7 @@ class ChannelGroup:
         return np.flatnonzero(np.isin(self.map_of(node, output=output),
                                       np.asarray(kept, dtype=np.int64)))
 
-    @property
+    @cached_property
     def segments(self) -> np.ndarray:
         """A segment id per group index: the finest runs that every producer's and Split piece's
         index range respects. Each segment keeps a share of a width (:meth:`keep_counts`), so no

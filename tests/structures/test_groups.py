@@ -132,10 +132,10 @@ def random_kept(structure, fraction: float, rng: np.random.Generator) -> np.ndar
     """A random kept set of about ``fraction`` of the channels that every segment of a group
     (producer ranges, Split pieces) keeps its share of."""
     keep = max(1, int(structure.width * fraction))
+    segments = structure.segments
     counts = structure.keep_counts(keep)
     if counts is None:
-        counts = structure.keep_counts(len(np.bincount(getattr(structure, "segments", [0]))))
-    segments = getattr(structure, "segments", np.zeros(structure.width, dtype=np.int64))
+        counts = structure.keep_counts(len(np.bincount(segments)))
     return np.sort(np.concatenate([rng.choice(np.flatnonzero(segments == s), n, replace=False)
                                    for s, n in enumerate(counts)]))
 
