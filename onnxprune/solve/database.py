@@ -62,12 +62,30 @@ def solve_options(
     return solved
 
 
+ENERGY_FLOOR = 0.01
+"""An output channel's energy is floored at this share of the median channel's before it
+divides the channel's error, so a channel that is silent on the held-out data cannot weigh
+more than a typical one."""
+
+
 def heldout_error(candidate: Candidate, solution: PrunedWeight, hessian: np.ndarray) -> float:
-    """``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` with the Hessian of data the solve did not see."""
+    """Mean over output channels of each channel's error over its own energy, with the Hessian
+    of data the solve did not see: ``mean_n (Δw_n H Δw_nᵀ) / (w_n H w_nᵀ)``.
+
+    Why per channel: the plain ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` is the error of the few channels
+    that carry most of the energy. On MiniLM-L6 five of an FFN's 384 output channels carry 98%
+    of it (RMS 39 against a median 0.27): keeping 96 of 1536 neurons scored 0.0086 while the
+    median channel lost half of itself (0.50), so the DP pruned FFNs to 6% and the model broke.
+    The fidelity bound's channel error is scale-free for the same reason.
+    """
     W = to_rows(candidate, candidate.weight).astype(np.float64)
     D = to_rows(candidate, solution.weight).astype(np.float64) - W
-    total = float(np.einsum("nk,nk->", W @ hessian, W))
-    return max(float(np.einsum("nk,nk->", D @ hessian, D)), 0.0) / total if total > 0 else 0.0
+    energy = np.einsum("nk,nk->n", W @ hessian, W)
+    if not (energy > 0).any():
+        return 0.0
+    removed = np.maximum(np.einsum("nk,nk->n", D @ hessian, D), 0.0)
+    floor = ENERGY_FLOOR * float(np.median(energy[energy > 0]))
+    return float(np.mean(removed / np.maximum(energy, floor)))
 
 
 def with_heldout_error(candidate: Candidate, solution: PrunedWeight,
