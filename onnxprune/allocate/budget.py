@@ -177,12 +177,16 @@ class AllocationProblem:
         """Seconds available to the candidates for the whole model to run ``speedup``x faster."""
         return self.total_s / speedup - self.base_s
 
-    def layer_choices(self, database: Mapping[str, Sequence[PrunedWeight]]) -> list[LayerChoices]:
+    def layer_choices(self, database: Mapping[str, Sequence[PrunedWeight]],
+                      energy: bool = False) -> list[LayerChoices]:
+        """The DP's input; ``energy``: errors weighted by output energy (``err_energy``, where
+        measured) instead of per channel."""
         layers = []
         for cand in self.candidates:
             solved = database[cand.name]
             times = np.array([self.option_time(cand.name, s.option) for s in solved])
-            errors = np.array([s.err for s in solved])
+            errors = np.array([s.err_energy if energy and s.err_energy is not None else s.err
+                               for s in solved])
             layers.append(LayerChoices(cand.name, times, errors))
         return layers
 

@@ -95,6 +95,10 @@ class PrunedWeight:
     channels go from each of them, each with its own reconstructed weight. Their own database
     entries stay dense (they have no option of their own); :func:`solution_weights` is how
     every stage that evaluates or writes an allocation sees them."""
+    err_energy: float | None = None
+    """The held-out error weighted by output energy, ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` (None when
+    not measured): the allocation search may rank by it instead of ``err``
+    (:mod:`onnxprune.solve.database`)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -68,40 +68,54 @@ divides the channel's error, so a channel that is silent on the held-out data ca
 more than a typical one."""
 
 
-def heldout_error(candidate: Candidate, solution: PrunedWeight, hessian: np.ndarray) -> float:
-    """Mean over output channels of each channel's error over its own energy, with the Hessian
-    of data the solve did not see: ``mean_n (Δw_n H Δw_nᵀ) / (w_n H w_nᵀ)``.
+def heldout_errors(candidate: Candidate, solution: PrunedWeight, hessian: np.ndarray
+                   ) -> tuple[float, float]:
+    """The two errors of ``solution`` on the Hessian of data the solve did not see: per channel,
+    ``mean_n (Δw_n H Δw_nᵀ) / (w_n H w_nᵀ)``, and energy-weighted, ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)``.
 
-    Why per channel: the plain ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` is the error of the few channels
-    that carry most of the energy. On MiniLM-L6 five of an FFN's 384 output channels carry 98%
-    of it (RMS 39 against a median 0.27): keeping 96 of 1536 neurons scored 0.0086 while the
-    median channel lost half of itself (0.50), so the DP pruned FFNs to 6% and the model broke.
-    The fidelity bound's channel error is scale-free for the same reason.
+    Why per channel: the energy-weighted error is the error of the few channels that carry most
+    of the energy. On MiniLM-L6 five of an FFN's 384 output channels carry 98% of it (RMS 39
+    against a median 0.27): keeping 96 of 1536 neurons scored 0.0086 while the median channel
+    lost half of itself (0.50), so the DP pruned FFNs to 6% and the model broke. The fidelity
+    bound's channel error is scale-free for the same reason. The energy-weighted one is kept
+    beside it because at light cuts it chose the better MiniLM allocations (docs/recovery.md);
+    the allocation search scores both and keeps the better (``contract/rounds.py``).
     """
     W = to_rows(candidate, candidate.weight).astype(np.float64)
     D = to_rows(candidate, solution.weight).astype(np.float64) - W
     energy = np.einsum("nk,nk->n", W @ hessian, W)
     if not (energy > 0).any():
-        return 0.0
+        return 0.0, 0.0
     removed = np.maximum(np.einsum("nk,nk->n", D @ hessian, D), 0.0)
     floor = ENERGY_FLOOR * float(np.median(energy[energy > 0]))
-    return float(np.mean(removed / np.maximum(energy, floor)))
+    return (float(np.mean(removed / np.maximum(energy, floor))),
+            float(removed.sum() / energy.sum()))
+
+
+def heldout_error(candidate: Candidate, solution: PrunedWeight, hessian: np.ndarray) -> float:
+    """The per-channel error of :func:`heldout_errors`: the one the DP ranks by."""
+    return heldout_errors(candidate, solution, hessian)[0]
 
 
 def with_heldout_error(candidate: Candidate, solution: PrunedWeight,
                        heldout: Mapping[str, np.ndarray]) -> PrunedWeight:
-    """``solution`` with its error measured on held-out statistics; a group's error is the sum
-    over its consumers (each consumer's output error counts as a pruned layer's does)."""
+    """``solution`` with both its errors measured on held-out statistics; a group's errors are
+    sums over its consumers (each consumer's output error counts as a pruned layer's does)."""
     if solution.option.layout == "dense" or candidate.name not in heldout:
         return solution
     others = {c.name: c for c in candidate.structure.companions} if solution.companions else {}
-    companions = tuple(
-        dataclasses.replace(c, err=heldout_error(others[c.name], dataclasses.replace(
-            solution, weight=c.weight), heldout[c.name])) if c.name in heldout else c
-        for c in solution.companions)
-    own = heldout_error(candidate, solution, heldout[candidate.name])
+    companions, energy = [], 0.0
+    for c in solution.companions:
+        if c.name in heldout:
+            per_channel, weighted = heldout_errors(
+                others[c.name], dataclasses.replace(solution, weight=c.weight), heldout[c.name])
+            c = dataclasses.replace(c, err=per_channel)
+            energy += weighted
+        companions.append(c)
+    own, own_energy = heldout_errors(candidate, solution, heldout[candidate.name])
     return PrunedWeight(solution.option, solution.mask, solution.weight,
-                        own + sum(c.err for c in companions), companions)
+                        own + sum(c.err for c in companions), tuple(companions),
+                        err_energy=own_energy + energy)
 
 
 def build_database(

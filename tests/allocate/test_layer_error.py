@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxprune.layouts.base import LayoutOption, PrunedWeight, from_rows, to_rows
-from onnxprune.solve.database import heldout_error
+from onnxprune.solve.database import heldout_error, heldout_errors
 from tests.layouts.common import only_candidate
 from tests.models import matmul_model
 
@@ -42,6 +42,10 @@ def test_a_destroyed_small_channel_outweighs_a_slightly_perturbed_large_one():
     # more energy than the whole small channel
     energy = np.einsum("nk,kl,nl->n", rows, hessian, rows)
     assert energy[1] < 0.03**2 * energy[0]
+    _, lost_weighted = heldout_errors(candidate, _with_rows(candidate, small_lost), hessian)
+    _, nudged_weighted = heldout_errors(candidate, _with_rows(candidate, large_nudged), hessian)
+    np.testing.assert_allclose(lost_weighted, energy[1] / energy.sum(), rtol=1e-5)
+    assert lost_weighted < nudged_weighted
 
 
 def test_a_silent_channel_cannot_dominate():
