@@ -10,7 +10,7 @@ the script prints:
 
 - how concentrated the layer's output energy is (share of the five largest channels);
 - the energy-weighted layer error ``tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)`` beside the per-channel one the DP
-  uses (``onnxprune.solve.database.heldout_error``) and the median channel's error, on the
+  ranks by first (``onnxprune.solve.database.layer_errors``) and the median channel's error, on the
   held-out half;
 - the relative error of OUTPUT (default: the model's first output), mean over positions, on the
   held-out half when only this layer is cut (padded positions left out where an
@@ -31,6 +31,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from onnxprune.reconstruct.structured import remove_channels
+from onnxprune.solve.database import ENERGY_FLOOR, layer_errors
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -104,11 +105,12 @@ def main() -> None:
     for label, kwargs in (("plain", {}), ("bias folded", {"bias": b, "mean": mean})):
         solved = remove_channels(W, H, 1, [keep], **kwargs)[keep]
         D = solved.weight - W
-        per = np.einsum("nk,kl,nl->n", D, Hh, D) / np.maximum(energy, 0.01 * np.median(energy))
-        weighted = np.einsum("nk,kl,nl->", D, Hh, D) / energy.sum()
+        per_channel, weighted = layer_errors(W, D, Hh)
+        median = np.median(np.einsum("nk,kl,nl->n", D, Hh, D)
+                           / np.maximum(energy, ENERGY_FLOOR * np.median(energy)))
         bias = solved.bias if solved.bias is not None else b
         print(f"keep {keep}/{W.shape[1]} ({label}): energy-weighted error {weighted:.4f}, "
-              f"per-channel {per.mean():.4f} (median channel {np.median(per):.3f}); "
+              f"per-channel {per_channel:.4f} (median channel {median:.3f}); "
               f"{output} relative error {end_to_end(solved.weight, bias):.4f}")
 
 

@@ -68,21 +68,19 @@ divides the channel's error, so a channel that is silent on the held-out data ca
 more than a typical one."""
 
 
-def heldout_errors(candidate: Candidate, solution: PrunedWeight, hessian: np.ndarray
-                   ) -> tuple[float, float]:
-    """The two errors of ``solution`` on the Hessian of data the solve did not see: per channel,
-    ``mean_n (Δw_n H Δw_nᵀ) / (w_n H w_nᵀ)``, and energy-weighted, ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)``.
+def layer_errors(W: np.ndarray, D: np.ndarray, hessian: np.ndarray) -> tuple[float, float]:
+    """The two errors of a weight change ``D`` to rows ``W`` [N outputs, K] under ``hessian``:
+    per channel, ``mean_n (d_n H d_nᵀ) / (w_n H w_nᵀ)``, and energy-weighted,
+    ``tr(D H Dᵀ) / tr(W H Wᵀ)``.
 
     Why per channel: the energy-weighted error is the error of the few channels that carry most
     of the energy. On MiniLM-L6 five of an FFN's 384 output channels carry 98% of it (RMS 39
-    against a median 0.27): keeping 96 of 1536 neurons scored 0.0086 while the median channel
-    lost half of itself (0.50), so the DP pruned FFNs to 6% and the model broke. The fidelity
+    against a median 0.27): keeping 96 of 1536 neurons scored 0.0085 while the median channel
+    lost half of itself (0.49), so the DP pruned FFNs to 6% and the model broke. The fidelity
     bound's channel error is scale-free for the same reason. The energy-weighted one is kept
     beside it because at light cuts it chose the better MiniLM allocations (docs/recovery.md);
     the allocation search scores both and keeps the better (``contract/rounds.py``).
     """
-    W = to_rows(candidate, candidate.weight).astype(np.float64)
-    D = to_rows(candidate, solution.weight).astype(np.float64) - W
     energy = np.einsum("nk,nk->n", W @ hessian, W)
     if not (energy > 0).any():
         return 0.0, 0.0
@@ -92,9 +90,12 @@ def heldout_errors(candidate: Candidate, solution: PrunedWeight, hessian: np.nda
             float(removed.sum() / energy.sum()))
 
 
-def heldout_error(candidate: Candidate, solution: PrunedWeight, hessian: np.ndarray) -> float:
-    """The per-channel error of :func:`heldout_errors`: the one the DP ranks by."""
-    return heldout_errors(candidate, solution, hessian)[0]
+def heldout_errors(candidate: Candidate, solution: PrunedWeight, hessian: np.ndarray
+                   ) -> tuple[float, float]:
+    """:func:`layer_errors` of ``solution`` on the Hessian of data the solve did not see."""
+    W = to_rows(candidate, candidate.weight).astype(np.float64)
+    D = to_rows(candidate, solution.weight).astype(np.float64) - W
+    return layer_errors(W, D, hessian)
 
 
 def with_heldout_error(candidate: Candidate, solution: PrunedWeight,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxprune.layouts.base import LayoutOption, PrunedWeight, from_rows, to_rows
-from onnxprune.solve.database import heldout_error, heldout_errors
+from onnxprune.solve.database import heldout_errors
 from tests.layouts.common import only_candidate
 from tests.models import matmul_model
 
@@ -20,6 +20,11 @@ def _layer(scale_of_first: float = 100.0):
     candidate = only_candidate(matmul_model(weight), {"x": (16, 8)})
     x = rng.normal(size=(256, 8))
     return candidate, 2 * x.T @ x / len(x)
+
+
+def heldout_error(candidate, solution: PrunedWeight, hessian: np.ndarray) -> float:
+    """The per-channel error, the one the DP ranks by by default."""
+    return heldout_errors(candidate, solution, hessian)[0]
 
 
 def _with_rows(candidate, rows: np.ndarray) -> PrunedWeight:
